@@ -1,0 +1,18 @@
+-- The saved queries the nightly job answers: 500 test captions, each written for one gallery photo.
+with source as (
+    select * from raw_test_queries
+),
+
+renamed as (
+    select
+        query_id,
+        query_text,
+        image               as written_for_image
+    from source
+),
+
+final as (
+    select * from renamed
+)
+
+select * from final order by query_id
