@@ -17,6 +17,9 @@ import numpy as np
 class BridgeConfig:
     alpha_image_to_text: float = 10.0
     alpha_text_to_image: float = 10.0
+    # Principal text directions along which the heads see per-direction agreement;
+    # all 384 raw dimensions made the heads slow and no better.
+    n_agree: int = 32
 
 
 def l2n(x: np.ndarray) -> np.ndarray:
@@ -38,6 +41,7 @@ class Bridge:
     txt_mean: np.ndarray
     w_it: np.ndarray  # (image dim + 1) x text dim
     w_ti: np.ndarray  # (text dim + 1) x image dim
+    txt_basis: np.ndarray  # text dim x n_agree, orthonormal
 
     @classmethod
     def fit(cls, img: np.ndarray, txt: np.ndarray, weight: np.ndarray | None = None,
@@ -46,9 +50,11 @@ class Bridge:
         img_mean, txt_mean = img.mean(0), txt.mean(0)
         xi = np.hstack([img - img_mean, np.ones((len(img), 1))])
         xt = np.hstack([txt - txt_mean, np.ones((len(txt), 1))])
+        _, _, vt = np.linalg.svd(txt - txt_mean, full_matrices=False)
         return cls(img_mean, txt_mean,
                    _ridge(xi, txt, config.alpha_image_to_text, weight),
-                   _ridge(xt, img, config.alpha_text_to_image, weight))
+                   _ridge(xt, img, config.alpha_text_to_image, weight),
+                   vt[: config.n_agree].T.copy())
 
     def image_to_text(self, img: np.ndarray) -> np.ndarray:
         img = l2n(img)
@@ -63,4 +69,4 @@ class Bridge:
 
     @classmethod
     def from_state_dict(cls, d: dict[str, np.ndarray]) -> "Bridge":
-        return cls(**{k: np.asarray(d[k], dtype=np.float64) for k in ("img_mean", "txt_mean", "w_it", "w_ti")})
+        return cls(**{k: np.asarray(d[k], dtype=np.float64) for k in ("img_mean", "txt_mean", "w_it", "w_ti", "txt_basis")})

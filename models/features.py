@@ -20,11 +20,13 @@ def pair_features(bridge: Bridge, img: np.ndarray, txt: np.ndarray,
     ti = bridge.text_to_image(txt).astype(np.float32)     # texts seen in the image space
     t = l2n(txt).astype(np.float32)
     f = l2n(img).astype(np.float32)
-    prod = it[img_idx] * t[txt_idx]                       # per-dimension agreement in text space
-    cos_it = prod.sum(1, keepdims=True)
+    cos_it = (it[img_idx] * t[txt_idx]).sum(1, keepdims=True)
+    basis = bridge.txt_basis.astype(np.float32)
+    # Agreement along each principal text direction: lets a head weigh what a caption is about.
+    prod = (it @ basis)[img_idx] * (t @ basis)[txt_idx]
     cos_ti = (ti[txt_idx] * f[img_idx]).sum(1, keepdims=True)
     return np.hstack([cos_it, cos_ti, prod]).astype(np.float32)
 
 
-def feature_names(text_dim: int) -> list[str]:
-    return FEATURE_NAMES_HEAD + [f"agree_{i}" for i in range(text_dim)]
+def feature_names(n_agree: int) -> list[str]:
+    return FEATURE_NAMES_HEAD + [f"agree_{i}" for i in range(n_agree)]

@@ -94,3 +94,84 @@ def embed_with_cache(
     result = {o: np.stack([cached[o][k] for k in keys]).astype(np.float32) if keys else np.zeros((0, 0), np.float32)
               for o in outputs}
     return result, len(todo)
+
+
+# ---------------------------------------------------------------- Prefect tasks
+
+from dataclasses import dataclass  # noqa: E402
+
+from prefect import get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from tasks.warehouse import connect  # noqa: E402
+
+
+@dataclass
+class EmbeddedImages:
+    keys: list[tuple[str, str]]   # (split, image)
+    features: np.ndarray          # [n, 1280]
+    logits: np.ndarray            # [n, 1000]
+    encoder: str
+    n_computed: int
+
+    def rows(self, split: str, images: Sequence[str]) -> np.ndarray:
+        where = {k: i for i, k in enumerate(self.keys)}
+        return np.array([where[(split, i)] for i in images], dtype=np.int64)
+
+
+@dataclass
+class EmbeddedTexts:
+    texts: list[str]
+    vectors: np.ndarray           # [n, 384], L2-normalised
+    encoder: str
+    n_computed: int
+
+    def rows(self, texts: Sequence[str]) -> np.ndarray:
+        where = {t: i for i, t in enumerate(self.texts)}
+        return np.array([where[t] for t in texts], dtype=np.int64)
+
+
+def image_encoder(onnx_cache: Path):
+    from models.image_encoder import ImageEncoder, ImageEncoderConfig
+
+    return ImageEncoder(ImageEncoderConfig(), cache_dir=onnx_cache)
+
+
+@task(name="embed-images", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def embed_images_task(db: Path, data_dir: Path, emb_root: Path, onnx_cache: Path) -> EmbeddedImages:
+    """Every valid photo, embedded once per content hash."""
+    with connect(db) as con:
+        photos = con.execute(
+            "SELECT split, image, path, sha256 FROM stg_photos WHERE is_valid ORDER BY split, image").pl()
+    enc = image_encoder(onnx_cache)
+    paths = [data_dir / p for p in photos["path"]]
+    shas = photos["sha256"].to_list()
+
+    def compute(idx: list[int]):
+        for start, feats, logits in enc.iter_encode_paths([paths[i] for i in idx]):
+            yield idx[start : start + len(feats)], {"features": feats, "logits": logits}
+
+    arrays, n = embed_with_cache(encoder_dir(emb_root, "image", enc.name), shas, ["features", "logits"], compute)
+    get_run_logger().info("images: %d embedded, %d from cache (%s)", n, len(shas) - n, enc.name)
+    return EmbeddedImages(list(zip(photos["split"], photos["image"])), arrays["features"], arrays["logits"],
+                          enc.name, n)
+
+
+@task(name="embed-texts", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def embed_texts_task(db: Path, emb_root: Path) -> EmbeddedTexts:
+    """Captions and saved queries, embedded once per text hash."""
+    from models.text_encoder import TextEncoder
+
+    with connect(db) as con:
+        texts = con.execute("""
+            SELECT caption_text AS t FROM stg_captions
+            UNION SELECT query_text FROM stg_test_queries ORDER BY t""").pl()["t"].to_list()
+    enc = TextEncoder()
+
+    def compute(idx: list[int]):
+        yield idx, {"embedding": enc.encode([texts[i] for i in idx])}
+
+    arrays, n = embed_with_cache(encoder_dir(emb_root, "text", enc.name), [text_sha(t) for t in texts],
+                                 ["embedding"], compute, chunk_size=1024)
+    get_run_logger().info("texts: %d embedded, %d from cache", n, len(texts) - n)
+    return EmbeddedTexts(texts, arrays["embedding"], enc.name, n)

@@ -71,3 +71,39 @@ def precision_recall_at(score: np.ndarray, label: np.ndarray, threshold: float) 
         "positives": float(label.sum()),
         "n": float(len(label)),
     }
+
+
+# ---------------------------------------------------------------- Prefect task
+
+from pathlib import Path  # noqa: E402
+
+import polars as pl  # noqa: E402
+from prefect import get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from tasks.warehouse import connect  # noqa: E402
+
+
+@task(name="evaluate-retrieval", cache_policy=NO_CACHE)
+def evaluate_retrieval_task(db: Path, run_id: str, images, texts, model) -> dict[str, dict[str, float]]:
+    """All test queries over all gallery photos, compliance filter off: the model alone."""
+    from tasks.train import HEADS
+
+    with connect(db) as con:
+        q = con.execute("SELECT query_text, written_for_image FROM stg_test_queries ORDER BY query_id").pl()
+        gallery = con.execute("SELECT image FROM gallery ORDER BY image").pl()["image"].to_list()
+    pos = {g: i for i, g in enumerate(gallery)}
+    keep = [i for i, w in enumerate(q["written_for_image"]) if w in pos]
+    img = images.features[images.rows("test", gallery)]
+    txt = texts.vectors[texts.rows([q["query_text"][i] for i in keep])]
+    correct = np.array([pos[q["written_for_image"][i]] for i in keep], dtype=np.int64)
+    out = {h: retrieval_metrics(model.score_matrix(img, txt, h), correct) for h in HEADS}
+    rows = [{"run_id": run_id, "component": "relevance", "head": h, "protocol": "test_queries_filter_off",
+             "metric": m, "value": v} for h, ms in out.items() for m, v in ms.items()]
+    with connect(db) as con:
+        con.execute("DELETE FROM model_metrics WHERE run_id = ? AND protocol = 'test_queries_filter_off'", [run_id])
+        con.register("_m", pl.DataFrame(rows))
+        con.execute("INSERT INTO model_metrics BY NAME SELECT * FROM _m")
+        con.unregister("_m")
+    get_run_logger().info("retrieval (filter off): %s", {h: round(m["recall_at_1"], 3) for h, m in out.items()})
+    return out

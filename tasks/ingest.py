@@ -433,3 +433,54 @@ def ingest(data_dir: Path) -> IngestResult:
         orient="row",
     )
     return IngestResult(tables, photos, quarantine, pl.DataFrame(ledger))
+
+
+# ---------------------------------------------------------------- Prefect tasks
+
+from prefect import get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry I/O hiccups, not a missing or malformed file (that needs a person)."""
+    try:
+        state.result()
+    except SourceFileError:
+        return False
+    except Exception:  # noqa: BLE001
+        return True
+    return False
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def ingest_task(data_dir: Path) -> IngestResult:
+    result = ingest(data_dir)
+    log = get_run_logger()
+    for row in result.ledger.iter_rows(named=True):
+        log.info("%-22s read %6d  loaded %6d  quarantined %5d", row["source"], row["rows_read"],
+                 row["rows_loaded"], row["rows_quarantined"])
+    for row in result.quarantine.head(20).iter_rows(named=True):
+        log.warning("quarantined %s line %s: %s", row["source"], row["line_no"], row["reason"])
+    return result
+
+
+@task(name="load-raw", cache_policy=NO_CACHE)
+def load_task(db: Path, run_id: str, result: IngestResult, data_dir: str, top_k: int) -> pl.DataFrame:
+    """Raw tables replaced, this run's ledger and quarantine appended."""
+    from datetime import datetime, timezone
+
+    from tasks.load import append_run_rows, ensure_history_tables, replace_table
+    from tasks.warehouse import connect
+
+    with connect(db) as con:
+        ensure_history_tables(con)
+        for name, frame in result.tables.items():
+            replace_table(con, name, frame)
+        replace_table(con, "raw_photos", result.photos)
+        append_run_rows(con, "quarantine", run_id, result.quarantine.with_columns(pl.lit(run_id).alias("run_id")))
+        ledger = result.ledger.with_columns(pl.lit(run_id).alias("run_id"))
+        append_run_rows(con, "ingest_ledger", run_id, ledger)
+        con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
+        con.execute("INSERT INTO runs (run_id, started_at, data_dir, top_k) VALUES (?, ?, ?, ?)",
+                    [run_id, datetime.now(timezone.utc).replace(tzinfo=None), data_dir, top_k])
+    return ledger

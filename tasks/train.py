@@ -55,11 +55,12 @@ class TrainingSet:
     pos_img: np.ndarray        # bridge positives: photo index
     pos_txt: np.ndarray        # bridge positives: text index
     pos_weight: np.ndarray
+    txt_home: np.ndarray       # [texts] index of the photo the text was written for, -1 if none here
 
     def fingerprint(self, config: TrainConfig) -> str:
         h = hashlib.sha256()
         for a in (self.img, self.txt, self.pair_img, self.pair_txt, self.target, self.weight,
-                  self.pos_img, self.pos_txt, self.pos_weight):
+                  self.pos_img, self.pos_txt, self.pos_weight, self.txt_home):
             h.update(np.ascontiguousarray(a).tobytes())
         h.update(json.dumps(asdict(config), sort_keys=True).encode())
         return h.hexdigest()[:16]
@@ -69,7 +70,14 @@ def build_training_set(pairs: pl.DataFrame, positives: pl.DataFrame,
                        img_index: dict[str, int], img: np.ndarray,
                        txt_index: dict[str, int], txt: np.ndarray,
                        config: TrainConfig = TrainConfig()) -> TrainingSet:
-    """``pairs``: training_pairs mart rows; ``positives``: (image, caption_text) known matches."""
+    """``pairs``: training_pairs mart rows; ``positives``: (image, caption_text) known matches.
+
+    Both carry ``caption_image``, the photo each caption was written for.
+    """
+    home = np.full(len(txt), -1, dtype=np.int64)
+    for frame in (pairs, positives):
+        for t, ci in zip(frame["caption_text"], frame["caption_image"]):
+            home[txt_index[t]] = img_index.get(ci, -1)
     pi = np.array([img_index[i] for i in pairs["image"]], dtype=np.int64)
     pt = np.array([txt_index[t] for t in pairs["caption_text"]], dtype=np.int64)
     expert = pairs.select("expert_1", "expert_2", "expert_3").to_numpy().astype(np.float64)
@@ -87,6 +95,7 @@ def build_training_set(pairs: pl.DataFrame, positives: pl.DataFrame,
         pos_img=np.array([img_index[i] for i in pos["image"]], dtype=np.int64),
         pos_txt=np.array([txt_index[t] for t in pos["caption_text"]], dtype=np.int64),
         pos_weight=pos["w"].to_numpy().astype(np.float64),
+        txt_home=home,
     )
 
 
@@ -140,25 +149,36 @@ def predict_all(heads: dict[str, object], x: np.ndarray) -> dict[str, np.ndarray
     return out
 
 
-def cross_validate(ts: TrainingSet, config: TrainConfig, strict_captions: bool = False) -> dict[str, np.ndarray]:
-    """Out-of-fold scores for every pair, per head.
+def caption_folds(ts: TrainingSet, photo_fold: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """A caption shares the fold of the photo it was written for (hashed when unknown)."""
+    rng = np.random.default_rng(seed + 7)
+    fallback = rng.integers(0, k, size=len(ts.txt))
+    return np.where(ts.txt_home >= 0, photo_fold[np.maximum(ts.txt_home, 0)], fallback)
 
-    ``strict_captions``: also drop from each fold's training side every pair, and every
-    bridge positive, whose caption text appears on its validation side.
+
+def cross_validate(ts: TrainingSet, config: TrainConfig, strict_captions: bool = False) -> dict[str, np.ndarray]:
+    """Out-of-fold scores per head (NaN for pairs no fold validates).
+
+    Folds are grouped by photo.  ``strict_captions`` also groups by caption text: a pair
+    is validated only when its photo and its caption are both in the held-out fold, and
+    the training side holds neither, so no caption text is on both sides.  Captions
+    follow the fold of the photo they were written for, which keeps every known match
+    in the validation cells.
     """
     folds = photo_folds(len(ts.img), config.folds, config.seed)
+    tfolds = caption_folds(ts, folds, config.folds, config.seed)
     oof = {h: np.full(len(ts.target), np.nan, dtype=np.float32) for h in HEADS}
     for k in range(config.folds):
         val = folds[ts.pair_img] == k
-        if not val.any():
-            continue
         photo_ok = folds != k
         text_ok = None
         train = ~val
         if strict_captions:
-            text_ok = np.ones(len(ts.txt), dtype=bool)
-            text_ok[ts.pair_txt[val]] = False
+            text_ok = tfolds != k
+            val &= ~text_ok[ts.pair_txt]
             train &= text_ok[ts.pair_txt]
+        if not val.any():
+            continue
         x_train = oof_bridge_features(ts, train, photo_ok, text_ok, config, seed=config.seed + 1 + k)
         heads = fit_heads(x_train, ts.target[train], ts.weight[train], config)
         b = fit_bridge(ts, photo_ok, text_ok, config)
@@ -189,6 +209,7 @@ class FittedModel:
     bridge: Bridge
     heads: dict[str, object]
     head: str
+    fingerprint: str = ""
 
     def score(self, img: np.ndarray, txt: np.ndarray, img_idx: np.ndarray, txt_idx: np.ndarray,
               head: str | None = None) -> np.ndarray:
@@ -231,3 +252,60 @@ def load_model(folder: Path) -> FittedModel:
     mlp.load_state_dict({k: torch.from_numpy(v) for k, v in load_file(str(folder / "mlp.safetensors")).items()})
     heads = {"lgbm": LgbmHead.from_text((folder / "lgbm.txt").read_text()), "mlp": mlp.eval()}
     return FittedModel(Bridge.from_state_dict(load_file(str(folder / "bridge.safetensors"))), heads, meta["head"])
+
+
+# ---------------------------------------------------------------- Prefect task
+
+from prefect import get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from tasks.warehouse import connect  # noqa: E402
+
+
+def load_training_set(db: Path, images, texts, config: TrainConfig) -> TrainingSet:
+    with connect(db) as con:
+        pairs = con.execute("SELECT * FROM training_pairs ORDER BY image, caption_id").pl()
+        pos = con.execute("SELECT * FROM bridge_positives ORDER BY image, caption_id").pl()
+        photos = con.execute("SELECT image FROM training_photos ORDER BY image").pl()["image"].to_list()
+    img = images.features[images.rows("train", photos)]
+    used = sorted(set(pairs["caption_text"]) | set(pos["caption_text"]))
+    txt = texts.vectors[texts.rows(used)]
+    return build_training_set(pairs, pos, {p: i for i, p in enumerate(photos)}, img,
+                              {t: i for i, t in enumerate(used)}, txt, config)
+
+
+@task(name="train-heads", cache_policy=NO_CACHE)
+def train_heads_task(db: Path, run_id: str, images, texts, models_root: Path, head: str = "auto",
+                     config: TrainConfig = TrainConfig()) -> FittedModel:
+    """Cross-validate, choose and fit the heads; reuse them when the training data is unchanged."""
+    log = get_run_logger()
+    ts = load_training_set(db, images, texts, config)
+    fingerprint = hashlib.sha256(f"{ts.fingerprint(config)}|{images.encoder}|{texts.encoder}".encode()).hexdigest()[:16]
+    folder = models_root / fingerprint
+    if (folder / "card.json").exists():
+        model = load_model(folder)
+        metrics = json.loads((folder / "card.json").read_text())["metrics"]
+        log.info("training data unchanged (%s): heads reused", fingerprint)
+    else:
+        metrics = agreement_table(ts, cross_validate(ts, config), "oof_grouped_by_photo")
+        metrics += agreement_table(ts, cross_validate(ts, config, strict_captions=True), "oof_strict_captions")
+        model = fit_final(ts, config, choose_head(metrics))
+        card = {"fingerprint": fingerprint, "head": model.head, "config": asdict(config),
+                "image_encoder": images.encoder, "text_encoder": texts.encoder,
+                "data": {"pairs": int(len(ts.target)), "photos": int(len(ts.img)), "texts": int(len(ts.txt)),
+                         "bridge_positives": int(len(ts.pos_img))},
+                "metrics": metrics}
+        save_model(model, folder, card)
+        log.info("heads trained (%s), chosen on training folds: %s", fingerprint, model.head)
+    if head != "auto":
+        model.head = head
+    model.fingerprint = fingerprint
+    rows = [dict(r) for r in metrics] + [
+        {"head": "chosen", "protocol": "selection", "metric": f"is_{model.head}", "value": 1.0}]
+    with connect(db) as con:
+        con.execute("DELETE FROM model_metrics WHERE run_id = ? AND component = 'relevance'", [run_id])
+        con.register("_m", pl.DataFrame(rows).with_columns(pl.lit(run_id).alias("run_id"),
+                                                           pl.lit("relevance").alias("component")))
+        con.execute("INSERT INTO model_metrics BY NAME SELECT * FROM _m")
+        con.unregister("_m")
+    return model

@@ -1,0 +1,269 @@
+"""Image-encoder throughput benchmark (not a test): photos/s end to end, torch vs ONNX Runtime.
+
+    python bench/embed_throughput.py --data-dir /work/shared/data/with_sense
+    python bench/embed_throughput.py --variants lite2 lite0 --precisions fp32 int8
+
+End to end = open + read + JPEG decode + resize (+ EXIF, RGB) + forward, through the
+pipeline's own ``ImageEncoder.encode_paths`` (decode of batch k+1 overlaps forward k), on all
+photos of ``train_images/`` and ``test_images/``.  Each (variant, backend) runs in a fresh
+spawned process (clean peak RSS, no thread-pool interference between torch and ORT); setup
+(export / session build) and one warm-up batch are excluded; the photo files are in the page
+cache after the first pass.  photos/s is the median of ``--repeats`` passes.
+
+Printed per row: photos/s, speed-up over the torch reference, network GFLOP/s and fraction of
+the processor's fp32 peak, the features' deviation from the torch reference on the same
+photos (max |diff|, cosine), top-1 agreement of the logits, a retrieval-quality proxy when
+``ExpertAnnotations.tsv`` is present (AUC of feature cosine between photo pairs experts judged
+relevant (mean score >= 3) vs irrelevant (<= 1.5)), peak RSS, and the CPU load of *other*
+processes during the timed passes (the machine is shared; a row with bg > 0.1 is suspect).
+
+Peak: cores x clock x fp32 FLOP/cycle.  FLOP/cycle per core: Zen 2/3/4 (AMD family 0x17 /
+0x19) have two 256-bit FMA pipes -> 2 x 8 lanes x 2 = 32 (Zen 4 runs AVX-512 double-pumped on
+them, so AVX-512 does not double it); Zen 5 (0x1A) and Intel AVX-512 server cores with two
+512-bit FMA units -> 64; otherwise AVX2 -> 32.  The clock is the "cpu MHz" of /proc/cpuinfo
+(in a VM that is the nominal/TSC clock; real boost clocks can be higher) unless --clock-ghz.
+A measured fp32 GEMM rate on the same threads is printed as the practically reachable peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+
+
+# ----------------------------------------------------------------------------- machine
+
+
+def cpu_info() -> dict:
+    text = Path("/proc/cpuinfo").read_text()
+    first = text.split("\n\n")[0]
+
+    def field(name: str, default: str = "") -> str:
+        m = re.search(rf"^{name}\s*:\s*(.*)$", first, re.M)
+        return m.group(1).strip() if m else default
+
+    flags = set(field("flags").split())
+    vendor, family = field("vendor_id"), int(field("cpu family", "0"))
+    if vendor == "AuthenticAMD":
+        fpc = 64 if family >= 0x1A else 32
+        why = f"AMD family {family:#x}: " + (
+            "2 x 512-bit FMA" if fpc == 64 else "2 x 256-bit FMA pipes (AVX-512 double-pumped)"
+        )
+    elif "avx512f" in flags:
+        fpc, why = 64, "Intel AVX-512: 2 x 512-bit FMA units (server cores)"
+    else:
+        fpc, why = 32, "AVX2: 2 x 256-bit FMA"
+    return {
+        "model": field("model name"), "mhz": float(field("cpu MHz", "0") or 0),
+        "cores": os.cpu_count() or 1, "flops_per_cycle": fpc, "why": why,
+    }
+
+
+def busy_jiffies() -> int:
+    """Busy CPU time of the whole machine (all processes), in clock ticks."""
+    parts = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = parts[3] + parts[4]  # idle + iowait
+    return sum(parts[:8]) - idle
+
+
+def own_cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def gemm_gflops(threads: int, n: int = 2048, reps: int = 10) -> float:
+    import models  # noqa: F401  (torchvision shim before torch)
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = 0.0
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def network_gflop(variant: str) -> float:
+    """FLOPs of one photo's forward (multiply-add = 2), counted by torch's FlopCounterMode."""
+    import models  # noqa: F401
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from models.image_encoder import NATIVE_SIZE, _Encoder
+
+    net, s = _Encoder(variant, NATIVE_SIZE[variant]), NATIVE_SIZE[variant]
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, s, s, 3, dtype=torch.uint8))
+    return counter.get_total_flops() / 1e9
+
+
+# ----------------------------------------------------------------------------- one run (child)
+
+
+def run_backend(variant, backend, precision, paths, calib, batch_size, threads, cache_dir, repeats):
+    import models  # noqa: F401
+    from models.image_encoder import ImageEncoder, ImageEncoderConfig
+
+    t0 = time.perf_counter()
+    cfg = ImageEncoderConfig(variant=variant, backend=backend, precision=precision,
+                             batch_size=batch_size, threads=threads)
+    enc = ImageEncoder(cfg, Path(cache_dir), calibration_images=calib if precision == "int8" else None)
+    setup_s = time.perf_counter() - t0
+    enc.encode_paths(paths[: 2 * batch_size])  # warm-up: arena allocation, kernel selection
+    rates, bg = [], []
+    for _ in range(repeats):
+        j0, c0, t = busy_jiffies(), own_cpu_seconds(), time.perf_counter()
+        feats, logits = enc.encode_paths(paths)
+        wall = time.perf_counter() - t
+        others = (busy_jiffies() - j0) / os.sysconf("SC_CLK_TCK") - (own_cpu_seconds() - c0)
+        rates.append(len(paths) / wall)
+        bg.append(max(0.0, others / wall))
+    return {
+        "version": enc.version, "rates": rates, "bg": bg, "setup_s": setup_s,
+        "feats": feats, "logits": logits,
+        "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+# ----------------------------------------------------------------------------- quality
+
+
+def pair_auc(feats: np.ndarray, paths: list[Path], data_dir: Path) -> float | None:
+    """AUC of cos(photo, photo whose caption was the query) for expert-relevant vs -irrelevant."""
+    tsv = data_dir / "ExpertAnnotations.tsv"
+    if not tsv.exists():
+        return None
+    from scipy.stats import rankdata
+
+    index = {p.name: i for i, p in enumerate(paths) if p.parent.name == "train_images"}
+    a, b, score = [], [], []
+    for line in tsv.read_text().splitlines():
+        img, query, *s = line.split("\t")
+        src = query.split("#")[0]
+        if img in index and src in index and img != src:
+            a.append(index[img]), b.append(index[src]), score.append(np.mean([float(x) for x in s[:3]]))
+    if not a:
+        return None
+    f = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    sim, score = (f[a] * f[b]).sum(1), np.array(score)
+    pos, neg = sim[score >= 3], sim[score <= 1.5]
+    r = rankdata(np.concatenate([pos, neg]))[: len(pos)]
+    return float((r.sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def deviation(f, lg, ref_f, ref_lg) -> dict:
+    cos = (f * ref_f).sum(1) / (np.linalg.norm(f, axis=1) * np.linalg.norm(ref_f, axis=1))
+    return {
+        "max_abs": float(np.abs(f - ref_f).max()), "cos_min": float(cos.min()),
+        "cos_mean": float(cos.mean()), "top1": float((lg.argmax(1) == ref_lg.argmax(1)).mean()),
+    }
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    default_data = Path(os.environ.get("WITH_SENSE_DATA_DIR", PROJECT_ROOT / "data" / "with_sense"))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-dir", type=Path, default=default_data)
+    ap.add_argument("--variants", nargs="+", default=["lite2"], choices=["lite2", "lite0"])
+    ap.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "int8"],
+                    help="ONNX precisions to time (int8: calibrated on --calib train photos)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes per ONNX backend")
+    ap.add_argument("--torch-repeats", type=int, default=1, help="timed passes of the torch reference")
+    ap.add_argument("--calib", type=int, default=128, help="int8 calibration photos (train, seeded)")
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N photos (0: all)")
+    ap.add_argument("--cache-dir", type=Path, default=PROJECT_ROOT / ".cache" / "image_encoder")
+    ap.add_argument("--clock-ghz", type=float, default=0.0, help="override the clock for the peak")
+    ap.add_argument("--flops-per-cycle", type=int, default=0, help="override fp32 FLOP/cycle/core")
+    args = ap.parse_args()
+
+    paths = sorted((args.data_dir / "train_images").glob("*.jpg")) + sorted(
+        (args.data_dir / "test_images").glob("*.jpg"))
+    if args.limit:
+        paths = paths[: args.limit]
+    if not paths:
+        sys.exit(f"no photos under {args.data_dir}/{{train,test}}_images (set --data-dir)")
+    train = [p for p in paths if p.parent.name == "train_images"] or paths
+    rng = np.random.default_rng(20261123)
+    calib = [train[i] for i in sorted(rng.choice(len(train), min(args.calib, len(train)), replace=False))]
+
+    cpu = cpu_info()
+    clock = args.clock_ghz or cpu["mhz"] / 1000
+    fpc = args.flops_per_cycle or cpu["flops_per_cycle"]
+    threads = args.threads
+    peak = threads * clock * fpc
+    ctx = get_context("spawn")
+
+    def child(fn, *a):
+        with ProcessPoolExecutor(1, mp_context=ctx) as ex:
+            return ex.submit(fn, *a).result()
+
+    gemm = child(gemm_gflops, threads)
+    print(f"CPU: {cpu['model']} | {cpu['cores']} logical CPUs, {threads} threads used | "
+          f"clock {clock:.2f} GHz ({'--clock-ghz' if args.clock_ghz else '/proc/cpuinfo'})")
+    print(f"fp32 peak assumption: {threads} cores x {clock:.2f} GHz x {fpc} FLOP/cycle "
+          f"({cpu['why']}) = {peak:.0f} GFLOP/s;  measured fp32 GEMM (torch, {threads} thr): "
+          f"{gemm:.0f} GFLOP/s (= {gemm / (threads * fpc):.2f} GHz at {fpc} FLOP/cycle)")
+    print(f"photos: {len(paths)} from {args.data_dir}  batch {args.batch_size}  "
+          f"repeats onnx {args.repeats} / torch {args.torch_repeats}\n")
+
+    rows = []
+    for variant in args.variants:
+        gflop = child(network_gflop, variant)
+        jobs = [("torch", "fp32", args.torch_repeats)] + [("onnx", p, args.repeats) for p in args.precisions]
+        ref = None
+        for backend, precision, repeats in jobs:
+            label = f"{variant} {backend}" + (f"-{precision}" if backend == "onnx" else "")
+            print(f"running {label} ...", flush=True)
+            r = child(run_backend, variant, backend, precision, paths, calib, args.batch_size,
+                      threads, str(args.cache_dir), repeats)
+            rate = float(np.median(r["rates"]))
+            ref = ref or (r["feats"], r["logits"], rate)
+            rows.append({
+                "label": label, "version": r["version"], "rate": rate, "rates": r["rates"],
+                "speedup": rate / ref[2], "gflops": rate * gflop, "gflop": gflop,
+                "dev": deviation(r["feats"], r["logits"], ref[0], ref[1]),
+                "auc": pair_auc(r["feats"], paths, args.data_dir),
+                "rss": r["rss_mib"], "bg": max(r["bg"]), "setup": r["setup_s"],
+            })
+
+    hdr = (f"{'backend':<18}{'photos/s':>9}{'(runs)':>20}{'x torch':>8}{'ms/ph':>7}{'GFLOP/s':>8}"
+           f"{'%peak':>7}{'%GEMM':>7}{'max|df|':>9}{'cos min':>9}{'cos mean':>9}{'top1=':>7}"
+           f"{'pairAUC':>8}{'RSS MiB':>8}{'bg':>5}{'setup s':>8}")
+    print("\n" + hdr + "\n" + "-" * len(hdr))
+    for r in rows:
+        d = r["dev"]
+        runs = "/".join(f"{x:.0f}" if x >= 10 else f"{x:.1f}" for x in r["rates"])
+        auc = f"{r['auc']:.4f}" if r["auc"] is not None else "-"
+        print(f"{r['label']:<18}{r['rate']:>9.1f}{runs:>20}{r['speedup']:>8.2f}{1000 / r['rate']:>7.2f}"
+              f"{r['gflops']:>8.0f}{100 * r['gflops'] / peak:>6.0f}%{100 * r['gflops'] / gemm:>6.0f}%"
+              f"{d['max_abs']:>9.1e}{d['cos_min']:>9.5f}{d['cos_mean']:>9.5f}{d['top1']:>7.3f}"
+              f"{auc:>8}{r['rss']:>8.0f}{r['bg']:>5.2f}{r['setup']:>8.1f}")
+    print("\nGFLOP/photo: " + ", ".join(sorted({f"{r['label'].split()[0]} {r['gflop']:.3f}" for r in rows})) +
+          " (FlopCounterMode, multiply-add = 2; int8 rows count the same FLOPs against the fp32 peak)")
+    print("deviation columns: vs the torch reference of the same variant on the same photos; "
+          "bg = CPU cores used by other processes during the timed passes (max over passes)")
+    for r in rows:
+        print(f"  {r['label']:<18} {r['version']}")
+
+
+if __name__ == "__main__":
+    main()

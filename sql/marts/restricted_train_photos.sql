@@ -1,0 +1,48 @@
+-- Train photos that show a child, known from the captions people wrote about them.
+-- They leave the training data (the law forbids processing them) and they label the
+-- photo classifier that protects search results.
+--   own_caption:     the caption written for this photo describes a child;
+--   matched_caption: a caption judges found matching this photo (target >= 0.6)
+--                    describes a child, so the photo most likely shows one too.
+with flags as (
+    select * from text_flags
+    where run_id = getvariable('run_id') and text_kind = 'caption' and flagged
+),
+
+own as (
+    select
+        captions.caption_image      as image,
+        'own_caption'               as reason,
+        flags.rule,
+        captions.caption_id
+    from stg_captions as captions
+    join flags on flags.text_id = captions.caption_id
+),
+
+matched as (
+    select
+        targets.image,
+        'matched_caption'           as reason,
+        flags.rule,
+        targets.caption_id
+    from relevance_targets as targets
+    join flags on flags.text_id = targets.caption_id
+    where targets.target >= 0.6 and not targets.is_own_caption
+),
+
+train_photos as (
+    select image from stg_photos where split = 'train' and is_valid
+),
+
+final as (
+    select
+        image,
+        arg_min(reason, reason = 'matched_caption')   as reason,
+        arg_min(rule, reason = 'matched_caption')     as rule,
+        arg_min(caption_id, reason = 'matched_caption') as caption_id
+    from (select * from own union all select * from matched)
+    where image in (select image from train_photos)
+    group by image
+)
+
+select * from final order by image

@@ -1,0 +1,30 @@
+-- Every judged pair removed from training, and why (one row per pair, first reason wins).
+with targets as (
+    select * from relevance_targets
+),
+
+caption_flags as (
+    select text_id as caption_id, rule from text_flags
+    where run_id = getvariable('run_id') and text_kind = 'caption' and flagged
+),
+
+restricted as (
+    select * from restricted_train_photos
+),
+
+final as (
+    select
+        targets.image,
+        targets.caption_id,
+        case
+            when caption_flags.caption_id is not null then 'caption describes a child'
+            else 'photo shows a child (' || restricted.reason || ')'
+        end                                                     as reason,
+        coalesce(caption_flags.rule, restricted.rule)           as rule
+    from targets
+    left join caption_flags using (caption_id)
+    left join restricted using (image)
+    where caption_flags.caption_id is not null or restricted.image is not null
+)
+
+select * from final order by image, caption_id

@@ -1,0 +1,113 @@
+"""Finish a run: record it, export Parquet, write the model card and a summary."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import polars as pl
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks.config import SEED
+from tasks.load import create_views
+from tasks.warehouse import Warehouse, atomic_write_bytes, atomic_write_parquet, connect
+
+EXPORTS = {
+    "search_results": "SELECT * FROM search_results WHERE run_id = ? ORDER BY query_id, rank NULLS FIRST",
+    "model_metrics": "SELECT * FROM model_metrics WHERE run_id = ? ORDER BY component, protocol, head, metric",
+    "quarantine": "SELECT * FROM quarantine WHERE run_id = ? ORDER BY source, line_no",
+    "ingest_ledger": "SELECT * FROM ingest_ledger WHERE run_id = ? ORDER BY source",
+    "text_flags": "SELECT * FROM text_flags WHERE run_id = ? ORDER BY text_kind, text_id",
+    "photo_flags": "SELECT * FROM photo_flags WHERE run_id = ? ORDER BY image",
+}
+HEADLINE = [
+    ("relevance", "oof_grouped_by_photo", "expert_kendall_tau_c"),
+    ("relevance", "oof_grouped_by_photo", "expert_spearman"),
+    ("relevance", "oof_grouped_by_photo", "crowd_kendall_tau_b"),
+    ("relevance", "oof_strict_captions", "expert_kendall_tau_c"),
+    ("relevance", "test_queries_filter_off", "recall_at_1"),
+    ("relevance", "test_queries_filter_off", "recall_at_5"),
+    ("relevance", "test_queries_filter_off", "recall_at_10"),
+    ("relevance", "test_queries_filter_off", "mrr"),
+]
+
+
+def model_card_markdown(card: dict) -> str:
+    lines = [f"# Model card: run {card['run_id']}", "",
+             f"- chosen head: **{card['head']}** (by {card['selection']}, on training folds only)",
+             f"- encoders: {card['image_encoder']} (images), {card['text_encoder']} (texts), both frozen",
+             f"- training data: {card['data']}", f"- seed: {card['seed']}", "",
+             "| head | protocol | metric | value |", "|---|---|---|---|"]
+    for m in card["metrics"]:
+        lines.append(f"| {m['head']} | {m['protocol']} | {m['metric']} | {m['value']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"reindex {s['run_id']} finished in {s['wall_seconds']:.1f} s",
+             f"  warehouse: {s['warehouse']}  (exports in {s['exports']})"]
+    for r in s["ledger"]:
+        lines.append(f"  {r['source']:<22} read {r['rows_read']:>6}  loaded {r['rows_loaded']:>6}  "
+                     f"quarantined {r['rows_quarantined']:>4}")
+    lines.append(f"  embedded now: {s['images_embedded']} photos, {s['texts_embedded']} texts (rest from cache)")
+    lines.append(f"  compliance: {s['compliance']}")
+    lines.append(f"  head: {s['head']}")
+    for (comp, protocol, metric), v in zip(HEADLINE, s["headline"]):
+        lines.append(f"  {protocol:<26} {metric:<22} {v if v is None else round(v, 4)}")
+    lines.append(f"  results: {s['results']}")
+    return "\n".join(lines)
+
+
+@task(name="finish-run", cache_policy=NO_CACHE)
+def finish_run_task(db: Path, run_id: str, wh: Warehouse, ledger: pl.DataFrame, flags: dict, images, texts,
+                    model, guard, results: pl.DataFrame, wall_seconds: float) -> dict:
+    with connect(db) as con:
+        metrics = con.execute("SELECT component, head, protocol, metric, value FROM model_metrics "
+                              "WHERE run_id = ? ORDER BY component, protocol, head, metric", [run_id]).pl()
+        frames = {name: con.execute(sql, [run_id]).pl() for name, sql in EXPORTS.items()}
+        data = con.execute("SELECT count(*) FROM training_pairs").fetchone()[0]
+    chosen = metrics.filter((pl.col("component") == "relevance") & (pl.col("head") == model.head))
+    headline = []
+    for comp, protocol, metric in HEADLINE:
+        hit = chosen.filter((pl.col("protocol") == protocol) & (pl.col("metric") == metric))
+        headline.append(float(hit["value"][0]) if hit.height else None)
+    shown = results.filter(pl.col("shown"))
+    summary = {
+        "run_id": run_id,
+        "warehouse": str(wh.db_path),
+        "exports": str(wh.exports_dir),
+        "wall_seconds": wall_seconds,
+        "ledger": ledger.select("source", "rows_read", "rows_loaded", "rows_quarantined").to_dicts(),
+        "images_embedded": images.n_computed,
+        "texts_embedded": texts.n_computed,
+        "compliance": {**flags, "gallery_photos_restricted": int(frames["photo_flags"]["restricted"].sum()),
+                       "photo_threshold": round(guard.threshold, 6)},
+        "head": model.head,
+        "headline": headline,
+        "results": {"rows": results.height, "queries": results["query_id"].n_unique(),
+                    "blocked_queries": int(results["rank"].is_null().sum()),
+                    "shown_rows": shown.height, "hidden_photo_rows": int((~results["shown"]).sum()
+                                                                          - results["rank"].is_null().sum())},
+    }
+    card = {"run_id": run_id, "head": model.head, "selection": "expert_kendall_tau_c out of fold",
+            "fingerprint": model.fingerprint, "image_encoder": images.encoder, "text_encoder": texts.encoder,
+            "data": {"training_pairs": data}, "seed": SEED, "metrics": metrics.to_dicts()}
+    report_dir = wh.reports_dir / run_id
+    atomic_write_bytes(json.dumps(card, indent=2).encode(), report_dir / "model_card.json")
+    atomic_write_bytes(model_card_markdown(card).encode(), report_dir / "model_card.md")
+    for name, frame in frames.items():
+        atomic_write_parquet(frame.to_arrow(), wh.exports_dir / f"{name}.parquet")
+    with connect(db) as con:
+        con.execute("""UPDATE runs SET finished_at = ?, head = ?, train_fingerprint = ?, images_embedded = ?,
+                       texts_embedded = ?, wall_seconds = ?, summary_json = ? WHERE run_id = ?""",
+                    [datetime.now(timezone.utc).replace(tzinfo=None), model.head, model.fingerprint,
+                     images.n_computed, texts.n_computed, wall_seconds, json.dumps(summary), run_id])
+    create_views(db)
+    create_table_artifact(key="reindex-metrics", table=metrics.to_dicts(),
+                          description=f"Measured figures of run {run_id}")
+    create_markdown_artifact(key="reindex-summary", markdown=f"```\n{format_summary(summary)}\n```",
+                             description=f"Summary of run {run_id}")
+    return summary

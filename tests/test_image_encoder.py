@@ -1,0 +1,252 @@
+"""models/image_encoder.py on tiny synthetic images (plus one check on real photos if present)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.image_encoder import (
+    FEATURE_DIM,
+    NUM_CLASSES,
+    ImageEncoder,
+    ImageEncoderConfig,
+    load,
+    preprocess,
+)
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "with_sense"
+S = 260  # lite2's native size
+
+
+def _gradient(w: int, h: int) -> Image.Image:
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
+    y = np.linspace(255, 0, h, dtype=np.float32)[:, None, None]
+    rgb = np.concatenate([np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)),
+                          np.broadcast_to((x + y) / 2, (h, w, 1))], axis=2)
+    return Image.fromarray(rgb.astype(np.uint8), "RGB")
+
+
+def _images() -> list[Image.Image]:
+    rgba = Image.new("RGBA", (40, 30), (255, 0, 0, 255))
+    rgba.paste((0, 0, 255, 0), (0, 0, 20, 30))  # left half fully transparent
+    palette = Image.new("P", (23, 19))
+    palette.putpalette([0, 0, 0, 255, 255, 0] + [0] * 762)
+    palette.paste(1, (5, 5, 15, 15))
+    return [
+        Image.new("RGB", (33, 17), (200, 30, 30)),  # solid, odd size, wide
+        Image.new("RGB", (7, 91), (10, 220, 40)),  # solid, tall and thin
+        _gradient(101, 57),
+        _gradient(300, 301),  # larger than S: downscaling path
+        Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1)), "L"),  # grey
+        rgba,
+        palette,
+        Image.new("RGB", (1, 1), (128, 128, 128)),
+        Image.fromarray(np.arange(25 * 31, dtype=np.uint16).reshape(25, 31) * 80),  # I;16
+        _gradient(64, 64).rotate(90),
+    ]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("onnx_cache")
+
+
+@pytest.fixture(scope="module")
+def onnx_enc(cache_dir) -> ImageEncoder:
+    return ImageEncoder(ImageEncoderConfig(backend="onnx", batch_size=4), cache_dir)
+
+
+@pytest.fixture(scope="module")
+def torch_enc(cache_dir):
+    import torch
+
+    threads = torch.get_num_threads()  # the torch backend sets it process-wide: restore it
+    # one thread: on a loaded shared box, torch's 2-thread OpenMP barriers can be 5x slower
+    yield ImageEncoder(ImageEncoderConfig(backend="torch", batch_size=4, threads=1), cache_dir)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def images() -> list[Image.Image]:
+    return _images()
+
+
+def _encode_all(enc: ImageEncoder, images, batch_size=None) -> tuple[np.ndarray, np.ndarray]:
+    out = list(enc.encode(images, batch_size))
+    return np.concatenate([f for f, _ in out]), np.concatenate([lg for _, lg in out])
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def test_preprocess_any_mode_gives_uint8_square_rgb(images):
+    for img in images:
+        x = preprocess(img, S)
+        assert x.shape == (S, S, 3) and x.dtype == np.uint8, img.mode
+
+
+def test_preprocess_colours():
+    solid = preprocess(Image.new("RGB", (33, 17), (200, 30, 30)), S)
+    assert (solid == [200, 30, 30]).all()
+    grey = preprocess(Image.new("L", (9, 13), 77), S)
+    assert (grey == 77).all()
+    rgba = Image.new("RGBA", (10, 10), (0, 0, 255, 0))  # fully transparent -> white
+    assert (preprocess(rgba, S) == 255).all()
+    deep = Image.fromarray(np.full((5, 5), 65535, np.uint16))  # mode I;16  # 16-bit white stays white
+    assert (preprocess(deep, S) == 255).all()
+
+
+def test_preprocess_keeps_the_whole_photo():
+    # left third red, rest blue: a centre crop of this 3:1 image would show no red at all
+    img = Image.new("RGB", (300, 100), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 100, 100))
+    x = preprocess(img, S).astype(int)
+    assert (x[:, : S // 3 - 5, 0] > 250).all() and (x[:, S // 3 + 5 :, 2] > 250).all()
+
+
+def test_preprocess_applies_exif_orientation():
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 20, 20))  # white on the left
+    exif = Image.Exif()
+    exif[0x0112] = 3  # rotated 180 degrees: upright, white is on the right
+    buf = Path(os.environ.get("TMPDIR", "/tmp")) / f"exif_{os.getpid()}.jpg"
+    try:
+        img.save(buf, exif=exif, quality=95)
+        x = load(buf, S).astype(int)
+    finally:
+        buf.unlink(missing_ok=True)
+    assert x[:, -20:].mean() > 200 and x[:, :20].mean() < 50
+
+
+def test_path_and_pil_inputs_agree(tmp_path, images):
+    paths = []
+    for i, img in enumerate(images[:4]):
+        paths.append(tmp_path / f"{i}.png")
+        img.save(paths[-1])
+    for p, img in zip(paths, images):
+        assert np.array_equal(load(p, S), preprocess(img, S))
+
+
+# --------------------------------------------------------------------------- encoder
+
+
+def test_shapes_dtypes_and_names(onnx_enc, images):
+    feats, logits = _encode_all(onnx_enc, images)
+    assert feats.shape == (len(images), FEATURE_DIM) and feats.dtype == np.float32
+    assert logits.shape == (len(images), NUM_CLASSES) and logits.dtype == np.float32
+    assert np.isfinite(feats).all() and np.isfinite(logits).all()
+    assert (feats >= 0).all() and (feats <= 6).all()  # pooled ReLU6 activations
+    assert onnx_enc.name.startswith("efficientnet-lite2@260-") and "fp32" in onnx_enc.name
+    assert "onnxruntime" in onnx_enc.version
+
+
+def test_deterministic(onnx_enc, images):
+    a = _encode_all(onnx_enc, images)
+    b = _encode_all(onnx_enc, images)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_onnx_matches_torch_reference(onnx_enc, torch_enc, images):
+    fo, lo = _encode_all(onnx_enc, images)
+    ft, lt = _encode_all(torch_enc, images)
+    assert onnx_enc.name == torch_enc.name  # same features -> same embedding-cache key
+    np.testing.assert_allclose(fo, ft, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(lo, lt, atol=1e-3, rtol=0)
+    assert _cos(fo, ft).min() > 0.99999
+    assert (lo.argmax(1) == lt.argmax(1)).all()
+
+
+def test_order_preserved_and_batch_size_invariant(onnx_enc, images):
+    f8, l8 = _encode_all(onnx_enc, images, batch_size=8)  # batches of 8 + 2
+    f1, l1 = _encode_all(onnx_enc, images, batch_size=1)
+    np.testing.assert_allclose(f1, f8, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(l1, l8, atol=1e-4, rtol=0)
+    fr, _ = _encode_all(onnx_enc, images[::-1], batch_size=3)
+    np.testing.assert_allclose(fr[::-1], f8, atol=1e-5, rtol=0)
+    assert len({tuple(np.round(f, 3)) for f in f8}) == len(images)  # distinct images, distinct rows
+
+
+def test_path_api_streams_in_order(onnx_enc, images, tmp_path):
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(tmp_path / f"{i:02d}.png")
+        img.save(paths[-1])
+    feats, logits = onnx_enc.encode_paths(paths)
+    ref, _ = _encode_all(onnx_enc, images)
+    np.testing.assert_allclose(feats, ref, atol=1e-5, rtol=0)
+    starts = [(start, len(f)) for start, f, _ in onnx_enc.iter_encode_paths(paths, batch_size=4)]
+    assert starts == [(0, 4), (4, 4), (8, 2)]
+    empty_f, empty_l = onnx_enc.encode_paths([])
+    assert empty_f.shape == (0, FEATURE_DIM) and empty_l.shape == (0, NUM_CLASSES)
+
+
+def test_encode_consumes_lazily(onnx_enc):
+    def endless():
+        while True:
+            yield Image.new("RGB", (8, 8), (1, 2, 3))
+
+    first, _ = next(onnx_enc.encode(endless(), batch_size=2))
+    assert first.shape == (2, FEATURE_DIM)
+
+
+def test_onnx_cache_reused_and_keyed(cache_dir, onnx_enc):
+    files = sorted(cache_dir.glob("*.onnx"))
+    assert [f.name for f in files] == [onnx_enc.onnx_path.name]
+    name = files[0].name
+    assert name.startswith("efficientnet-lite2-260px-w") and onnx_enc.weights_sha256[:12] in name
+    mtime = files[0].stat().st_mtime_ns
+    again = ImageEncoder(ImageEncoderConfig(), cache_dir)
+    assert again.onnx_path == files[0] and files[0].stat().st_mtime_ns == mtime
+    assert not [p for p in cache_dir.iterdir() if p.suffix == ".tmp"]  # no export leftovers
+
+
+def test_bad_config_rejected(cache_dir):
+    with pytest.raises(ValueError):
+        ImageEncoder(ImageEncoderConfig(backend="tensorflow"), cache_dir)
+    with pytest.raises(ValueError):
+        ImageEncoder(ImageEncoderConfig(variant="lite9"), cache_dir)
+    with pytest.raises(ValueError):
+        ImageEncoder(ImageEncoderConfig(precision="int8"), cache_dir)  # no calibration photos
+
+
+def test_int8_lite0_smoke(tmp_path, images):
+    """Opt-in int8 path: builds, is cached under its own key, stays close to fp32."""
+    calib = [_gradient(64 + 7 * i, 48 + 5 * i) for i in range(6)] + images[:2]
+    cfg = ImageEncoderConfig(variant="lite0", precision="int8", batch_size=4)
+    enc = ImageEncoder(cfg, tmp_path, calibration_images=calib)
+    fp32 = ImageEncoder(ImageEncoderConfig(variant="lite0", batch_size=4), tmp_path)
+    assert "int8" in enc.name and enc.name != fp32.name and enc.onnx_path != fp32.onnx_path
+    assert enc.onnx_path.name.startswith(fp32.onnx_path.stem + "-int8-c")
+    fq, lq = _encode_all(enc, images[:4])
+    ff, _ = _encode_all(fp32, images[:4])
+    assert fq.shape == (4, FEATURE_DIM) and lq.shape == (4, NUM_CLASSES) and fq.dtype == np.float32
+    # synthetic calibration is a poor stand-in; with ~100 real photos the mean is ~0.994
+    assert _cos(fq, ff).mean() > 0.8
+
+
+# --------------------------------------------------------------------------- real photos
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not DATA_DIR.exists(), reason="real data not present")
+def test_imagenet_classes_make_sense_on_real_dog_photos(onnx_enc):
+    """Construction + normalisation check: photos captioned with 'dog' get dog classes."""
+    with open(DATA_DIR / "train_dataset.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    dogs = sorted({r["query_id"].split("#")[0] for r in rows if " dog " in f" {r['query_text'].lower()} "})
+    paths = [DATA_DIR / "train_images" / d for d in dogs if (DATA_DIR / "train_images" / d).exists()][:24]
+    assert len(paths) >= 10
+    _, logits = onnx_enc.encode_paths(paths)
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    is_dog = ((top5 >= 151) & (top5 <= 268)).any(1)  # ImageNet classes 151..268 are dog breeds
+    assert is_dog.mean() >= 0.7, is_dog.mean()
