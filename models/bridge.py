@@ -33,6 +33,15 @@ def _ridge(x: np.ndarray, y: np.ndarray, alpha: float, w: np.ndarray | None) -> 
     return np.linalg.solve(a, xw.T @ y)
 
 
+def _basis(vt: np.ndarray, dim: int, n: int) -> np.ndarray:
+    """Top-n principal directions, zero-padded when there are fewer texts than n, so
+    every bridge yields features of the same width."""
+    basis = np.zeros((dim, n))
+    k = min(n, len(vt))
+    basis[:, :k] = vt[:k].T
+    return basis
+
+
 @dataclass
 class Bridge:
     """Fitted maps; arrays only, so they save to safetensors (no pickle)."""
@@ -54,7 +63,7 @@ class Bridge:
         return cls(img_mean, txt_mean,
                    _ridge(xi, txt, config.alpha_image_to_text, weight),
                    _ridge(xt, img, config.alpha_text_to_image, weight),
-                   vt[: config.n_agree].T.copy())
+                   _basis(vt, txt.shape[1], config.n_agree))
 
     def image_to_text(self, img: np.ndarray) -> np.ndarray:
         img = l2n(img)
