@@ -1,6 +1,7 @@
 """The nightly reindex: ingest -> targets -> compliance -> embeddings -> heads -> results.
 
     python -m flows.reindex [--data-dir DIR] [--warehouse DIR] [--top-k K] [--head auto]
+                            [--runner local|dask|tcp://scheduler:8786]
 
 Runs on Prefect's ephemeral server by default, or on a running server when
 PREFECT_API_URL is set.  The warehouse is published atomically at the end.
@@ -20,7 +21,7 @@ import tasks  # noqa: F401  (torchvision shim first)
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-from tasks import compliance, embed, evaluate, export, ingest, load, rank, train
+from tasks import compliance, distributed, embed, evaluate, export, ingest, load, rank, report, train
 from tasks.config import default_data_dir, default_warehouse_dir
 from tasks.warehouse import Warehouse, open_work_copy, publish, reindex_lock
 
@@ -42,12 +43,27 @@ def reindex(
     = "auto",
     wait_for_lock_seconds: Annotated[float, Field(ge=0, description="If another reindex is running: wait this long, then refuse.")]
     = 0.0,
+    runner: Annotated[str, Field(pattern=r"^(local|dask|(tcp|tls)://\S+)$", description="Where the mapped shard tasks run: local, dask (a local cluster) or a scheduler address tcp://host:port.")]
+    = "local",
 ) -> dict:
+    """Rebuild the search warehouse from the data folder and publish it atomically.
+
+    Prefect's run form reads parameter descriptions from this Args section (not from
+    the Annotated fields above), so keep the two in step.
+
+    Args:
+        data_dir: Folder with the five source files, train_images/ and test_images/.
+        warehouse_dir: Where the DuckDB file, Parquet exports, caches and reports live.
+        top_k: Photos per saved query in search_results.
+        head: Head that scores results; 'auto' picks the best on training folds.
+        wait_for_lock_seconds: If another reindex is running: wait this long, then refuse.
+        runner: Where the mapped shard tasks run: local, dask (a local cluster) or a scheduler address tcp://host:port.
+    """
     log = get_run_logger()
     started = time.monotonic()
     run_id = new_run_id()
     wh = Warehouse(Path(warehouse_dir))
-    with reindex_lock(wh, wait_for_lock_seconds):
+    with reindex_lock(wh, wait_for_lock_seconds), distributed.open_runner(runner) as tr:
         db = open_work_copy(wh, run_id)
         log.info("run %s: data %s -> warehouse %s", run_id, data_dir, wh.root)
 
@@ -57,15 +73,19 @@ def reindex(
         flags = compliance.flag_texts_task(db, run_id)
         load.build_models_task(db, run_id, load.MART_MODELS)
 
+        # Mapped shards fill the embedding cache; the task then reads every photo from it.
+        sharded = distributed.fill_image_cache(tr, db, Path(data_dir), wh.embeddings_dir, wh.models_dir / "onnx")
         images = embed.embed_images_task(db, Path(data_dir), wh.embeddings_dir, wh.models_dir / "onnx")
+        images.n_computed += sharded
         texts = embed.embed_texts_task(db, wh.embeddings_dir)
 
-        guard = compliance.photo_guard_task(db, run_id, images)
+        guard = compliance.photo_guard_task(db, run_id, images, Path(data_dir), wh.embeddings_dir, wh.models_dir)
         model = train.train_heads_task(db, run_id, images, texts, wh.models_dir, head)
         evaluate.evaluate_retrieval_task(db, run_id, images, texts, model)
-        results = rank.rank_task(db, run_id, images, texts, model, top_k)
+        results = rank.rank_queries(tr, db, run_id, images, texts, model, top_k, wh.embeddings_dir, wh.root / "index")
         summary = export.finish_run_task(db, run_id, wh, ledger, flags, images, texts, model, guard, results,
                                          time.monotonic() - started)
+        report.report_task(db, run_id, wh, Path(data_dir), images, texts, model, summary)
         publish(wh, run_id)
     print(export.format_summary(summary))
     return summary
@@ -78,11 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--head", choices=["auto", "bridge", "lgbm", "mlp"], default="auto")
     p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for a running reindex")
+    p.add_argument("--runner", type=distributed.check_runner, default="local",
+                   help="where shard tasks run: local | dask (local cluster, 2 workers) | tcp://scheduler:8786")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     a = p.parse_args(argv)
     try:
-        summary = reindex(data_dir=a.data_dir, warehouse_dir=a.warehouse, top_k=a.top_k, head=a.head,
-                          wait_for_lock_seconds=a.wait)
+        # Whole-file problems first: one clear message, before Prefect or the warehouse is touched.
+        ingest.preflight(a.data_dir)
+        # The lock is taken here too, so a busy warehouse is refused before Prefect starts.
+        with reindex_lock(Warehouse(a.warehouse), a.wait):
+            summary = reindex(data_dir=a.data_dir, warehouse_dir=a.warehouse, top_k=a.top_k, head=a.head,
+                              wait_for_lock_seconds=a.wait, runner=a.runner)
     except (ingest.SourceFileError, tasks.warehouse.WarehouseBusy) as exc:
         print(f"reindex stopped: {exc}", file=sys.stderr)
         return 2

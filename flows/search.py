@@ -99,6 +99,13 @@ def adhoc_search(
     warehouse_dir: Annotated[Path, Field(description="Warehouse of the published reindex.")] = default_warehouse_dir(),
     top_k: Annotated[int, Field(ge=1, le=100, description="Photos per query.")] = 5,
 ) -> list[dict]:
+    """Search the latest published reindex for scenes typed in the run form.
+
+    Args:
+        queries: Scenes to search for, one per item.
+        warehouse_dir: Warehouse of the published reindex.
+        top_k: Photos per query.
+    """
     rows = run_search(queries, warehouse_dir, top_k)
     print(format_table(rows))
     return rows

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from models.child_photo import ChildPhotoClassifier, ChildPhotoConfig, photo_inputs
+from scipy import stats
+
+from models.child_photo import ChildPhotoClassifier, ChildPhotoConfig, photo_inputs, view_block
 from tasks.compliance_text import classify_many, lexicon_version
-from tasks.evaluate import precision_recall_at, roc_auc, threshold_for_recall
+from tasks.config import SEED
+from tasks.evaluate import precision_recall_at, roc_auc
 
 LEGAL_RECALL_FLOOR = 0.95
 
@@ -39,31 +42,111 @@ def flag_texts(run_id: str, kind: str, ids: list[str], texts: list[str]) -> pl.D
     )
 
 
+THRESHOLD_CONFIDENCE = 0.95   # one-sided confidence that the recall floor holds
+CV_FOLDS, CV_REPEATS = 5, 3
+
+
 @dataclass
 class PhotoGuard:
+    """The fitted classifier and its threshold; ``restricted`` fails closed (NaN -> restricted)."""
+
     classifier: ChildPhotoClassifier
     threshold: float
     cv: dict[str, float]
+    view: str = ""
 
-    def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        return self.classifier.predict(photo_inputs(features, logits))
+    def score(self, x: np.ndarray) -> np.ndarray:
+        return self.classifier.predict(x)
+
+    def restricted(self, score: np.ndarray) -> np.ndarray:
+        return ~(np.asarray(score, dtype=np.float64) < self.threshold)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {**self.classifier.state_dict(), "threshold": np.array([self.threshold], dtype=np.float64)}
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, np.ndarray], view: str = "") -> "PhotoGuard":
+        return cls(ChildPhotoClassifier.from_state_dict(d), float(np.asarray(d["threshold"]).reshape(-1)[0]), {}, view)
 
 
-def train_photo_guard(features: np.ndarray, logits: np.ndarray, label: np.ndarray, folds: int = 5,
-                      seed: int = 0, recall: float = LEGAL_RECALL_FLOOR,
+def recall_lower_bound(n_pos: int, missed: int, confidence: float = THRESHOLD_CONFIDENCE) -> float:
+    """One-sided Clopper-Pearson lower bound on recall after catching n_pos - missed of n_pos."""
+    if n_pos <= 0:
+        return 0.0
+    if missed >= n_pos:
+        return 0.0
+    return float(stats.beta.ppf(1.0 - confidence, n_pos - missed, missed + 1))
+
+
+def conservative_threshold(score: np.ndarray, label: np.ndarray, recall: float = LEGAL_RECALL_FLOOR,
+                           confidence: float = THRESHOLD_CONFIDENCE) -> float:
+    """The highest threshold whose out-of-fold recall is >= ``recall`` with ``confidence``.
+
+    A recall of exactly 0.95 on the training folds is a point estimate: about as likely
+    to fall short on new photos as not, and the train labels (mostly one caption per
+    photo) miss some child photos, probably the harder ones.  Asking that the one-sided
+    lower confidence bound reach 0.95 buys the margin (~0.97 out of fold at 344
+    positives).  With too few positives for any such bound the threshold is the lowest
+    positive score: every known child photo is caught.
+    """
+    pos = np.sort(np.asarray(score, dtype=np.float64)[np.asarray(label).astype(bool)])
+    if len(pos) == 0:
+        return 0.0
+    missed = 0
+    while missed + 1 < len(pos) and recall_lower_bound(len(pos), missed + 1, confidence) >= recall:
+        missed += 1
+    return float(pos[missed])
+
+
+def stratified_folds(label: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Fold of each row; each class spread evenly over the folds."""
+    label = np.asarray(label).astype(bool)
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(label), dtype=np.int64)
+    offset = 0
+    for cls in (True, False):
+        idx = np.flatnonzero(label == cls)
+        rng.shuffle(idx)
+        fold[idx] = (np.arange(len(idx)) + offset) % k
+        offset += len(idx)
+    return fold
+
+
+def _fit(x: np.ndarray, y: np.ndarray, config: ChildPhotoConfig) -> ChildPhotoClassifier:
+    if y.min() == y.max():  # one class only: nothing to separate; score everything alike
+        d = x.shape[1]
+        return ChildPhotoClassifier(np.zeros(d, np.float32), np.ones(d, np.float32), np.zeros(d, np.float32),
+                                    0.0)
+    return ChildPhotoClassifier.fit(x, y, config)
+
+
+def train_photo_guard(x: np.ndarray, label: np.ndarray, folds: int = CV_FOLDS, repeats: int = CV_REPEATS,
+                      seed: int = SEED, recall: float = LEGAL_RECALL_FLOOR,
+                      confidence: float = THRESHOLD_CONFIDENCE,
                       config: ChildPhotoConfig = ChildPhotoConfig()) -> PhotoGuard:
-    """Fit on all train photos; pick the threshold out of fold for ``recall``."""
-    x = photo_inputs(features, logits)
-    fold = np.arange(len(x)) % folds
-    np.random.default_rng(seed).shuffle(fold)
-    oof = np.zeros(len(x), dtype=np.float32)
-    for k in range(folds):
-        tr, va = fold != k, fold == k
-        oof[va] = ChildPhotoClassifier.fit(x[tr], label[tr], config).predict(x[va])
-    threshold = threshold_for_recall(oof, label, recall)
+    """Fit on all train photos; pick the threshold out of fold (``repeats`` x ``folds``-fold CV).
+
+    ``x`` are ``photo_inputs`` rows of the train photos, ``label`` whether each shows a child.
+    The test photos never enter: neither the fit nor the threshold sees them.
+    """
+    label = np.asarray(label).astype(np.float32)
+    k = max(2, min(folds, int(label.sum()), int((1 - label).sum()))) if 0 < label.sum() < len(label) else folds
+    oof = np.zeros(len(x), dtype=np.float64)
+    for r in range(repeats):
+        fold = stratified_folds(label, k, seed + r)
+        for f in range(k):
+            tr, va = fold != f, fold == f
+            oof[va] += _fit(x[tr], label[tr], config).predict(x[va]) / repeats
+    if label.min() == label.max():
+        threshold = 0.0  # no contrast to learn from: restrict every photo (fail closed)
+    else:
+        threshold = conservative_threshold(oof, label, recall, confidence)
+    missed = int(((oof < threshold) & (label > 0.5)).sum())
     cv = {"oof_roc_auc": roc_auc(oof, label), "threshold": threshold,
-          **{f"oof_{k}": v for k, v in precision_recall_at(oof, label, threshold).items()}}
-    return PhotoGuard(ChildPhotoClassifier.fit(x, label, config), threshold, cv)
+          **{f"oof_{k_}": v for k_, v in precision_recall_at(oof, label, threshold).items()},
+          "oof_recall_lower_bound": recall_lower_bound(int(label.sum()), missed, confidence),
+          "recall_floor": recall, "confidence": confidence, "folds": float(k), "repeats": float(repeats)}
+    return PhotoGuard(_fit(x, label, config), threshold, cv)
 
 
 # ---------------------------------------------------------------- Prefect tasks
@@ -99,42 +182,69 @@ def flag_texts_task(db: Path, run_id: str) -> dict[str, int]:
 
 
 @task(name="photo-guard", cache_policy=NO_CACHE)
-def photo_guard_task(db: Path, run_id: str, images) -> PhotoGuard:
-    """Learn 'shows a child' on train photos, flag the gallery, audit both."""
+def photo_guard_task(db: Path, run_id: str, images, data_dir: Path, emb_root: Path, models_dir: Path) -> PhotoGuard:
+    """Learn 'shows a child' on train photos, flag every gallery photo, audit both.
+
+    Inputs per photo: the relevance tower's 260 px Lite2 view (``images``) and the guard's
+    own 448 px Lite0 view (``tasks/photo_views.py``, cached under ``emb_root``).  The
+    fitted guard is saved to ``models_dir/photo_guard/<run_id>.safetensors``.
+    """
+    from safetensors.numpy import save
+
+    from tasks.photo_views import compute_views
+    from tasks.warehouse import atomic_write_bytes
+
     with connect(db) as con:
         train = con.execute("""
-            SELECT p.image, r.image IS NOT NULL AS child
+            SELECT p.image, p.path, p.sha256, r.image IS NOT NULL AS child
             FROM stg_photos p LEFT JOIN restricted_train_photos r USING (image)
             WHERE p.split = 'train' AND p.is_valid ORDER BY p.image""").pl()
-        gallery = con.execute("SELECT image FROM gallery ORDER BY image").pl()["image"].to_list()
+        gallery = con.execute("""
+            SELECT g.image, p.path, p.sha256 FROM gallery g JOIN stg_photos p ON p.split = 'test' AND p.image = g.image
+            ORDER BY g.image""").pl()
         # Test photos' labels come from their own five captions: reporting only, never fitting.
         test_labels = con.execute("""
             SELECT q.written_for_image AS image, bool_or(f.flagged) AS child
             FROM stg_test_queries q JOIN text_flags f
               ON f.run_id = ? AND f.text_kind = 'query' AND f.text_id = q.query_id
             GROUP BY 1""", [run_id]).pl()
-    ti = images.rows("train", train["image"].to_list())
-    guard = train_photo_guard(images.features[ti], images.logits[ti], train["child"].to_numpy().astype(np.float32))
-    gi = images.rows("test", gallery)
-    score = guard.score(images.features[gi], images.logits[gi]) if gallery else np.zeros(0, np.float32)
-    flags = pl.DataFrame({"run_id": run_id, "image": gallery, "score": score.astype(np.float64),
-                          "threshold": guard.threshold, "restricted": score >= guard.threshold},
+    both = pl.concat([train.select("path", "sha256"), gallery.select("path", "sha256")])
+    views, view_name, n_computed = compute_views([Path(data_dir) / p for p in both["path"]], both["sha256"].to_list(),
+                                                 emb_root, Path(models_dir) / "onnx")
+
+    def inputs(split: str, names: list[str], rows: slice) -> np.ndarray:
+        idx = images.rows(split, names)
+        return photo_inputs(view_block(images.features[idx], images.logits[idx]),
+                            view_block(views["features"][rows], views["logits"][rows], views["max_features"][rows]))
+
+    names = gallery["image"].to_list()
+    guard = train_photo_guard(inputs("train", train["image"].to_list(), slice(0, train.height)),
+                              train["child"].to_numpy().astype(np.float32))
+    guard.view = f"{images.encoder} + {view_name}"
+    score = (guard.score(inputs("test", names, slice(train.height, None))) if names
+             else np.zeros(0, np.float64))
+    restricted = guard.restricted(score)
+    flags = pl.DataFrame({"run_id": run_id, "image": names, "score": score.astype(np.float64),
+                          "threshold": guard.threshold, "restricted": restricted},
                          schema={"run_id": pl.String, "image": pl.String, "score": pl.Float64,
                                  "threshold": pl.Float64, "restricted": pl.Boolean})
     metrics = [{"head": "guard", "protocol": "oof_train_photos", "metric": k, "value": float(v)}
                for k, v in guard.cv.items()]
     lab = dict(zip(test_labels["image"], test_labels["child"]))
-    known = [g for g in gallery if g in lab]
+    known = [g for g in names if g in lab]
     if known:
-        s = dict(zip(gallery, score))
+        s = dict(zip(names, score))
         ys, ss = np.array([lab[g] for g in known], dtype=bool), np.array([s[g] for g in known])
         test = {"roc_auc": roc_auc(ss, ys), **precision_recall_at(ss, ys, guard.threshold)}
         metrics += [{"head": "guard", "protocol": "test_photos_caption_labels", "metric": k, "value": float(v)}
                     for k, v in test.items()]
+    atomic_write_bytes(save({k: np.ascontiguousarray(v) for k, v in guard.state_dict().items()},
+                            metadata={"run_id": run_id, "inputs": guard.view, "threshold": repr(guard.threshold)}),
+                       Path(models_dir) / "photo_guard" / f"{run_id}.safetensors")
     with connect(db) as con:
         append_run_rows(con, "photo_flags", run_id, flags)
         append_run_rows(con, "model_metrics", run_id, pl.DataFrame(metrics).with_columns(
             pl.lit(run_id).alias("run_id"), pl.lit("photo_guard").alias("component")))
-    get_run_logger().info("photo guard: threshold %.4f, %d of %d gallery photos restricted, %s",
-                          guard.threshold, int(flags["restricted"].sum()), len(gallery), guard.cv)
+    get_run_logger().info("photo guard: %d views computed, threshold %.4f, %d of %d gallery photos restricted, %s",
+                          n_computed, guard.threshold, int(restricted.sum()), len(names), guard.cv)
     return guard

@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import SEED
 from tasks.load import create_views
-from tasks.warehouse import Warehouse, atomic_write_bytes, atomic_write_parquet, connect
+from tasks.warehouse import Warehouse, atomic_write_bytes, atomic_write_parquet, connect, staged_exports_dir
 
 EXPORTS = {
     "search_results": "SELECT * FROM search_results WHERE run_id = ? ORDER BY query_id, rank NULLS FIRST",
@@ -99,7 +99,8 @@ def finish_run_task(db: Path, run_id: str, wh: Warehouse, ledger: pl.DataFrame, 
     atomic_write_bytes(json.dumps(card, indent=2).encode(), report_dir / "model_card.json")
     atomic_write_bytes(model_card_markdown(card).encode(), report_dir / "model_card.md")
     for name, frame in frames.items():
-        atomic_write_parquet(frame.to_arrow(), wh.exports_dir / f"{name}.parquet")
+        # Staged: they replace exports/ only once publish() has swapped the database in.
+        atomic_write_parquet(frame.to_arrow(), staged_exports_dir(wh, run_id) / f"{name}.parquet")
     with connect(db) as con:
         con.execute("""UPDATE runs SET finished_at = ?, head = ?, train_fingerprint = ?, images_embedded = ?,
                        texts_embedded = ?, wall_seconds = ?, summary_json = ? WHERE run_id = ?""",

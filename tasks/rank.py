@@ -4,6 +4,10 @@
 - A photo the guard restricts keeps its rank (so positions stay honest) but is not
   shown: ``shown`` is false, ``image`` is kept for the audit, and the disclaimer stands
   in its place (``display`` is what a user sees).
+
+Ranking is two-stage (tasks/retrieval.py): an exact first stage picks each query's
+candidates from the gallery index, the chosen head reranks only those.  The queries are
+cut into shards, each a mapped task (tasks/distributed.py decides where they run).
 """
 
 from __future__ import annotations
@@ -41,11 +45,13 @@ def build_results(
     query_blocked: list[bool],
     gallery: list[str],
     photo_restricted: np.ndarray,
-    scores: np.ndarray,
-    k: int,
+    idx: np.ndarray,
+    top: np.ndarray,
 ) -> pl.DataFrame:
-    """``scores`` [queries, gallery]; rows for blocked queries are never ranked."""
-    idx, top = top_k(scores, k) if len(gallery) else (np.zeros((len(query_ids), 0), int), None)
+    """``idx``/``top`` [queries, k]: each query's best gallery rows and scores, best first.
+
+    Rows of blocked queries in ``idx`` are never read: a blocked query gets the disclaimer.
+    """
     rows = []
     for q, (qid, text, blocked) in enumerate(zip(query_ids, query_texts, query_blocked)):
         if blocked:
@@ -68,13 +74,47 @@ from pathlib import Path  # noqa: E402
 from prefect import get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from tasks import retrieval  # noqa: E402
+from tasks.distributed import ShardConfig  # noqa: E402
 from tasks.load import append_run_rows  # noqa: E402
+from tasks.retrieval import RetrievalConfig  # noqa: E402
 from tasks.warehouse import connect  # noqa: E402
 
 
-@task(name="rank", cache_policy=NO_CACHE)
-def rank_task(db: Path, run_id: str, images, texts, model, top_k: int) -> pl.DataFrame:
-    """Every saved query against the gallery; blocked queries are never scored."""
+@task(name="rank-shard", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def rank_shard(txt: np.ndarray, index: list[str], feature_cache: str, model, k: int,
+               config: RetrievalConfig = RetrievalConfig()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One shard of queries: first stage over the index on disk, head on the candidates.
+
+    Returns (top-k gallery rows, their scores, the first stage's candidates best first).
+    Reads the index block by block and, from the embedding cache, the candidates' features.
+    """
+    files = [Path(f) for f in index]
+    cand, _ = retrieval.first_stage(retrieval.query_text_vectors(txt),
+                                    retrieval.parquet_blocks(files, "text_space", config.block_rows, config.precision),
+                                    config.candidates, config.precision)
+    shas = retrieval.read_index_column(files, "sha256")
+    idx, top = retrieval.rerank(model, lambda rows: retrieval.cached_features(Path(feature_cache),
+                                                                              [shas[r] for r in rows]),
+                                txt, cand, k)
+    return idx, top, cand
+
+
+def rank_queries(tr, db: Path, run_id: str, images, texts, model, top_k: int, emb_root: Path, index_root: Path,
+                 config: RetrievalConfig = RetrievalConfig(), shards: ShardConfig = ShardConfig()) -> pl.DataFrame:
+    """Every saved query against the gallery; blocked queries are never scored.
+
+    Runs in the flow: builds (or reuses) the gallery index, maps ``rank_shard`` over
+    query shards on ``tr``, writes search_results, and records how much of each head's
+    full top-10 the first stage kept (model_metrics, protocol 'first_stage').
+    """
+    from prefect import unmapped
+
+    from tasks.distributed import shard_bounds
+    from tasks.embed import encoder_dir
+    from tasks.train import HEADS
+
+    log = get_run_logger()
     with connect(db) as con:
         q = con.execute("""
             SELECT q.query_id, q.query_text, coalesce(f.flagged, true) AS blocked
@@ -82,21 +122,52 @@ def rank_task(db: Path, run_id: str, images, texts, model, top_k: int) -> pl.Dat
             LEFT JOIN text_flags f ON f.run_id = ? AND f.text_kind = 'query' AND f.text_id = q.query_id
             ORDER BY q.query_id""", [run_id]).pl()
         photos = con.execute("""
-            SELECT g.image, coalesce(p.restricted, true) AS restricted
+            SELECT g.image, g.sha256, coalesce(p.restricted, true) AS restricted
             FROM gallery g LEFT JOIN photo_flags p ON p.run_id = ? AND p.image = g.image
             ORDER BY g.image""", [run_id]).pl()
     blocked = q["blocked"].to_list()
     gallery = photos["image"].to_list()
-    scores = np.full((q.height, len(gallery)), np.nan, dtype=np.float32)
+    k = min(top_k, len(gallery))
+    idx = np.zeros((q.height, k), np.int64)
+    top = np.zeros((q.height, k), np.float32)
     allowed = [i for i, b in enumerate(blocked) if not b]
+    metrics: list[dict] = []
     if allowed and gallery:
         img = images.features[images.rows("test", gallery)]
         txt = texts.vectors[texts.rows([q["query_text"][i] for i in allowed])]
-        scores[allowed] = model.score_matrix(img, txt)
+        key = retrieval.index_key(model.fingerprint, images.encoder, photos["sha256"].to_list())
+        files = retrieval.build_index(index_root / key, model.bridge, img, gallery, photos["sha256"].to_list())
+        retrieval.prune_indexes(index_root, index_root / key)
+        bounds = shard_bounds(len(allowed), shards.queries_per_shard, shards.min_shards)
+        futures = tr.map(rank_shard, {
+            "txt": [txt[a:b] for a, b in bounds],
+            "index": unmapped([str(f) for f in files]),
+            "feature_cache": unmapped(str(encoder_dir(emb_root, "image", images.encoder))),
+            "model": unmapped(model), "k": unmapped(k), "config": unmapped(config)})
+        parts = [f.result() for f in futures]
+        idx[allowed] = np.concatenate([p[0] for p in parts])
+        top[allowed] = np.concatenate([p[1] for p in parts])
+        cand = np.concatenate([p[2] for p in parts])
+        at = sorted({c for c in (10, 20, 50) if c < cand.shape[1]} | {cand.shape[1]})
+        metrics = retrieval.first_stage_recall(model, img, txt, cand, HEADS, at)
+        kept = next(m["value"] for m in metrics
+                    if m["head"] == model.head and m["metric"] == f"recall_of_full_top10_at_{cand.shape[1]}")
+        metrics += [{"head": model.head, "metric": "recall_of_full_top10_at_C", "value": kept},
+                    {"head": model.head, "metric": "candidates_C", "value": float(config.candidates)},
+                    {"head": model.head, "metric": "gallery_photos", "value": float(len(gallery))}]
+        log.info("ranked %d queries in %d shards: first stage top-%d of %d photos keeps %.3f of the %s head's "
+                 "full top-10", len(allowed), len(bounds), cand.shape[1], len(gallery), kept, model.head)
     results = build_results(run_id, q["query_id"].to_list(), q["query_text"].to_list(), blocked, gallery,
-                            photos["restricted"].to_numpy(), scores, top_k)
+                            photos["restricted"].to_numpy(), idx, top)
     with connect(db) as con:
         append_run_rows(con, "search_results", run_id, results)
-    get_run_logger().info("results: %d queries (%d blocked), %d rows, %d photos hidden",
-                          q.height, sum(blocked), results.height, int((~results["shown"]).sum()) - sum(blocked))
+        con.execute("DELETE FROM model_metrics WHERE run_id = ? AND protocol = 'first_stage'", [run_id])
+        if metrics:
+            con.register("_m", pl.DataFrame(metrics).with_columns(
+                pl.lit(run_id).alias("run_id"), pl.lit("relevance").alias("component"),
+                pl.lit("first_stage").alias("protocol")))
+            con.execute("INSERT INTO model_metrics BY NAME SELECT * FROM _m")
+            con.unregister("_m")
+    log.info("results: %d queries (%d blocked), %d rows, %d photos hidden",
+             q.height, sum(blocked), results.height, int((~results["shown"]).sum()) - sum(blocked))
     return results

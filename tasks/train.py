@@ -23,6 +23,7 @@ from models.features import pair_features
 from models.lgbm_head import LgbmConfig, LgbmHead
 from models.mlp_head import MlpConfig, MlpHead
 from tasks.evaluate import judgment_agreement
+from tasks.progress import track
 from tasks.warehouse import atomic_write_bytes
 
 HEADS = ("bridge", "lgbm", "mlp")
@@ -168,7 +169,8 @@ def cross_validate(ts: TrainingSet, config: TrainConfig, strict_captions: bool =
     folds = photo_folds(len(ts.img), config.folds, config.seed)
     tfolds = caption_folds(ts, folds, config.folds, config.seed)
     oof = {h: np.full(len(ts.target), np.nan, dtype=np.float32) for h in HEADS}
-    for k in range(config.folds):
+    for k in track(range(config.folds), f"cross-validation ({'strict captions' if strict_captions else 'by photo'})",
+                   unit="fold", key="train-cv-progress"):
         val = folds[ts.pair_img] == k
         photo_ok = folds != k
         text_ok = None

@@ -1,0 +1,89 @@
+"""Whole-reindex benchmark: cold vs nothing-new vs 10-new-photos, in one run.
+
+    .venv/bin/python bench/reindex_speed.py [--data-dir DIR] [--repeats 1]
+
+Each mode runs `python -m flows.reindex` as its own process (Prefect's ephemeral server,
+the default mode), timed from outside; peak resident memory is the process's maxrss.
+- cold:       empty warehouse (no embedding cache, no trained heads)
+- no change:  the same inputs again on the warm warehouse
+- 10 new:     ten new gallery photos added (new files, new content hashes)
+The copy of the data lives in a temporary folder and is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tasks.config import default_data_dir  # noqa: E402
+
+
+# A wrapper process reports its own children's peak RSS, so each mode's figure is its own
+# (RUSAGE_CHILDREN here would be the maximum over every mode so far).
+WRAP = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)")
+
+
+def run_reindex(data: Path, wh: Path) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one reindex process."""
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", WRAP, sys.executable, "-m", "flows.reindex",
+                          "--data-dir", str(data), "--warehouse", str(wh)],
+                         cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise SystemExit(f"reindex failed:\n{out.stderr[-3000:]}")
+    return wall, int(out.stderr.strip().splitlines()[-1]) / 1024.0
+
+
+def copy_data(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, symlinks=False)
+    return dst
+
+
+def add_new_photos(data: Path, n: int = 10) -> None:
+    """n new gallery photos: mirrored train photos under new names (new content hashes)."""
+    sources = sorted((data / "train_images").glob("*.jpg"))[:n]
+    names = []
+    for i, src in enumerate(sources):
+        name = f"new_{i:02d}_{src.name}"
+        with Image.open(src) as img:
+            ImageOps.mirror(img.convert("RGB")).save(data / "test_images" / name, quality=92)
+        names.append(name)
+    with open(data / "test_images.csv", "a") as f:
+        f.write("".join(f"{n}\n" for n in names))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--repeats", type=int, default=1, help="runs of each warm mode (median reported)")
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="reindex-bench-") as tmp:
+        tmp = Path(tmp)
+        data = copy_data(a.data_dir.resolve(), tmp / "with_sense")
+        wh = tmp / "wh"
+        cold = run_reindex(data, wh)
+        nochange = sorted((run_reindex(data, wh) for _ in range(a.repeats)), key=lambda r: r[0])[a.repeats // 2]
+        add_new_photos(data, 10)
+        new10 = run_reindex(data, wh)
+    rows = [("cold", cold), ("no change", nochange), ("10 new photos", new10)]
+    print(f"{'mode':<16}{'wall s':>9}{'vs cold':>9}{'peak RSS MiB':>14}")
+    for name, (wall, rss) in rows:
+        print(f"{name:<16}{wall:>9.1f}{wall / cold[0]:>9.3f}{rss:>14.0f}")
+    print(f"(cpu count {os.cpu_count()}, load average at end {os.getloadavg()[0]:.2f})")
+
+
+if __name__ == "__main__":
+    main()

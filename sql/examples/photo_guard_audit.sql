@@ -1,0 +1,34 @@
+-- The photo guard's decisions in the latest run: each restricted gallery photo, its
+-- score against the threshold, and how many saved queries would have shown it.
+with latest as (
+    select run_id from latest_run
+),
+
+flags as (
+    select photo_flags.*
+    from photo_flags
+    join latest using (run_id)
+),
+
+appearances as (
+    select image, count(*) as result_rows, min(rank) as best_rank
+    from latest_search_results
+    where rank is not null
+    group by image
+),
+
+final as (
+    select
+        flags.image,
+        round(flags.score, 4)                       as score,
+        round(flags.threshold, 4)                   as threshold,
+        round(flags.score - flags.threshold, 4)     as margin,
+        coalesce(appearances.result_rows, 0)        as result_rows_hidden,
+        appearances.best_rank
+    from flags
+    left join appearances using (image)
+    where flags.restricted
+)
+
+select * from final
+order by result_rows_hidden desc, margin desc;

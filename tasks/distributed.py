@@ -1,0 +1,166 @@
+"""Where the mapped steps run, and how work is cut into shards.
+
+The reindex maps two steps over shards: embedding photos (shards of photo paths) and
+ranking (shards of saved queries).  ``runner`` picks where those shard tasks run:
+
+- ``local``             one process, one shard after another (Prefect's thread pool, one thread)
+- ``dask``              a Dask LocalCluster on this machine: 2 worker processes x 1 thread
+- ``tcp://host:8786``   the scheduler of an existing Dask cluster (``dask scheduler`` /
+                        ``dask worker tcp://host:8786`` on each machine)
+
+The tasks are the same whatever the runner, and so are the shards, so the tables are the
+same.  Shard tasks get paths and small arrays, never the gallery: they read what they need
+from the Parquet caches under the warehouse, so workers on other machines need the
+warehouse (and the photos) at the same path -- a shared file system.  They never open the
+DuckDB file: the flow process reads and writes it, the workers only compute.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+RUNNERS = ("local", "dask")
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    photos_per_shard: int = 512    # one shard = one encoder session and one Parquet part
+    queries_per_shard: int = 256   # each query shard scans the whole gallery index once
+    # At least this many shards, so two workers both get work even on a small batch.
+    min_shards: int = 2
+
+
+def check_runner(runner: str) -> str:
+    if runner in RUNNERS or runner.startswith(("tcp://", "tls://", "inproc://")):
+        return runner
+    raise ValueError(f"runner must be 'local', 'dask' or a scheduler address like tcp://host:8786, not {runner!r}")
+
+
+def task_runner(runner: str = "local", n_workers: int = 2) -> TaskRunner:
+    """A fresh (not yet started) Prefect task runner; a flow enters it with ``open_runner``."""
+    check_runner(runner)
+    if runner == "local":
+        # One at a time: the single-process run the cluster run is compared with, and no
+        # second encoder session competing for the same two cores.
+        return ThreadPoolTaskRunner(max_workers=1)
+    from prefect_dask import DaskTaskRunner
+
+    # The scheduler's INFO lines (worker start/stop) would drown the run's own log.
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.worker",
+                 "distributed.core", "distributed.http.proxy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if runner == "dask":
+        return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
+            "n_workers": n_workers, "threads_per_worker": 1, "processes": True,
+            "dashboard_address": None, "silence_logs": logging.WARNING})
+    return DaskTaskRunner(address=runner)
+
+
+@contextmanager
+def open_runner(runner: str = "local", n_workers: int = 2) -> Iterator[TaskRunner]:
+    """The started task runner for a flow run (enter it inside the flow).
+
+    Workers run each task in their own process and find the Prefect API through the
+    settings sent with the task.  When the flow runs on Prefect's temporary (ephemeral)
+    server those settings name no server, and every worker would start one of its own,
+    logging its task runs where nobody looks; so the flow's server address goes with them.
+    A cluster on other machines needs a real server (PREFECT_API_URL) they can reach.
+    """
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with ExitStack() as stack:
+        ctx = FlowRunContext.get()
+        if runner != "local" and not PREFECT_API_URL.value() and ctx is not None:
+            stack.enter_context(temporary_settings(updates={PREFECT_API_URL: str(ctx.client.api_url).rstrip("/")}))
+        yield stack.enter_context(task_runner(runner, n_workers))
+
+
+def shard_bounds(n: int, per_shard: int, min_shards: int = 1) -> list[tuple[int, int]]:
+    """Contiguous, nearly equal [start, stop) ranges covering range(n)."""
+    if n <= 0:
+        return []
+    k = min(n, max(math.ceil(n / max(per_shard, 1)), min_shards))
+    edges = np.linspace(0, n, k + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+# ------------------------------------------------------------- embedding shards
+
+
+@task(name="embed-image-shard", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def embed_image_shard(paths: list[str], shas: list[str], folder: str, onnx_cache: str) -> int:
+    """Embed one shard of photos into its own Parquet part(s) of the cache; returns how many."""
+    from tasks.embed import embed_with_cache, image_encoder
+
+    enc = image_encoder(Path(onnx_cache))
+
+    def compute(idx: list[int]):
+        for start, feats, logits in enc.iter_encode_paths([paths[i] for i in idx]):
+            yield idx[start : start + len(feats)], {"features": feats, "logits": logits}
+
+    _, n = embed_with_cache(Path(folder), shas, ["features", "logits"], compute)
+    return n
+
+
+def cached_keys(folder: Path) -> set[str]:
+    """Keys already in a cache folder, reading only the key column of its parts."""
+    import pyarrow.dataset as ds
+
+    parts = sorted(folder.glob("part-*.parquet")) if folder.exists() else []
+    if not parts:
+        return set()
+    return set(ds.dataset(parts, format="parquet").to_table(columns=["sha256"]).column(0).to_pylist())
+
+
+def fill_image_cache(tr: TaskRunner, db: Path, data_dir: Path, emb_root: Path, onnx_cache: Path,
+                     config: ShardConfig = ShardConfig()) -> int:
+    """Embed the valid photos the cache lacks, in mapped shards; returns how many were embedded.
+
+    Runs in the flow before ``embed_images_task``, which then finds every photo cached.
+    """
+    from tasks.embed import encoder_dir, image_encoder
+    from tasks.warehouse import connect
+
+    with connect(db) as con:
+        photos = con.execute(
+            "SELECT path, sha256 FROM stg_photos WHERE is_valid ORDER BY split, image").pl()
+    # Built here once, so the ONNX export exists before the shards (each opens its own session).
+    folder = encoder_dir(emb_root, "image", image_encoder(onnx_cache).name)
+    have = cached_keys(folder)
+    todo: dict[str, str] = {}
+    for path, sha in zip(photos["path"], photos["sha256"]):
+        if sha not in have:
+            todo.setdefault(sha, str(Path(data_dir) / path))
+    shas = sorted(todo)
+    bounds = shard_bounds(len(shas), config.photos_per_shard, config.min_shards)
+    if bounds:
+        from prefect import unmapped
+
+        from tasks.progress import Progress
+
+        futures = tr.map(embed_image_shard, {
+            "paths": [[todo[s] for s in shas[a:b]] for a, b in bounds],
+            "shas": [shas[a:b] for a, b in bounds],
+            "folder": unmapped(str(folder)), "onnx_cache": unmapped(str(onnx_cache))})
+        done = 0
+        # Shards may run on other machines: progress is counted here, one shard at a time.
+        with Progress(len(shas), "embedding photos", unit="photo", key="embed-images-progress") as progress:
+            for f, (a, b) in zip(futures, bounds):
+                done += f.result()
+                progress.advance(b - a)
+    else:
+        done = 0
+    get_run_logger().info("image cache: %d photos embedded in %d shards, %d already cached",
+                          done, len(bounds), len(photos) - len(shas))
+    return done

@@ -1,0 +1,91 @@
+"""The run report in a real browser (headless Chromium): thumbnails load from disk,
+the disclaimer stands where the law hides a query or a photo, the plots are drawn."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tasks.config import DISCLAIMER
+from tiny_warehouse import TOP_K, tiny_run
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
+
+
+def chromium(page: Path, *args: str) -> str:
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    try:
+        out = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                              "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                              "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=10000",
+                              *args, page.resolve().as_uri()],
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    return out.stdout
+
+
+def body_attr(dom: str, name: str) -> str | None:
+    m = re.search(r"<body[^>]*\s" + re.escape(name) + r'="([^"]*)"', dom)
+    return m.group(1) if m else None
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return tiny_run(tmp_path_factory)
+
+
+def test_report_renders_with_thumbnails_disclaimers_and_plots(run):
+    dom = chromium(run.report, "--dump-dom")
+    assert body_attr(dom, "data-run-id") == run.summary["run_id"]
+    total, loaded = body_attr(dom, "data-thumbs-total"), body_attr(dom, "data-thumbs-loaded")
+    assert total is not None, "the page's load script did not run"
+    assert int(total) > 0 and loaded == total, f"{loaded} of {total} thumbnails loaded"
+
+    with duckdb.connect(str(run.db), read_only=True) as con:
+        blocked = con.execute("SELECT count(*) FROM latest_search_results WHERE rank IS NULL").fetchone()[0]
+        hidden = con.execute("SELECT count(*) FROM latest_search_results WHERE rank IS NOT NULL AND NOT shown"
+                             ).fetchone()[0]
+        restricted = [r[0] for r in con.execute("SELECT image FROM photo_flags WHERE restricted").fetchall()]
+    # The tiny dataset has blocked queries and restricted photos; all its 8 queries are in the sample.
+    assert blocked > 0 and hidden > 0 and restricted
+    assert dom.count('class="blocked-query"') == blocked
+    assert dom.count('class="blocked-photo disclaimer"') == hidden
+    assert dom.count(DISCLAIMER) == blocked + hidden
+    # A restricted photo is never pictured, not even as a thumbnail file.
+    imgs = re.findall(r"<img [^>]*>", dom)
+    assert len(imgs) == int(total) and len(imgs) <= 8 * TOP_K
+    assert not any(name in tag for tag in imgs for name in restricted)
+    thumbs = {p.name for p in (run.report.parent / "thumbs").iterdir()}
+    assert {re.search(r'src="thumbs/([^"]+)"', t).group(1) for t in imgs} == thumbs
+
+    # Two plots: score distributions and the retrieval curve, with their legends.
+    assert dom.count("<svg") == 2
+    assert "matching: the query's own photo" in dom and "non-matching: every other photo" in dom
+    assert f"{run.summary['head']} (chosen)" in dom
+    # Links to the model card and exports resolve from the page's folder.
+    for href in ("model_card.md", "model_card.json", "../../exports/search_results.parquet"):
+        assert f'href="{href}"' in dom and (run.report.parent / href).exists()
+
+
+def test_report_warns_when_thumbnails_are_missing(run, tmp_path):
+    # The same page without its thumbs/ folder: the check must see the failure, and say so.
+    lonely = tmp_path / "index.html"
+    shutil.copy(run.report, lonely)
+    dom = chromium(lonely, "--dump-dom")
+    assert int(body_attr(dom, "data-thumbs-total")) > 0
+    assert body_attr(dom, "data-thumbs-loaded") == "0"
+    assert "thumbnails did not load" in dom
+
+
+def test_report_screenshot(run, tmp_path):
+    shot = tmp_path / "report.png"
+    chromium(run.report, "--window-size=1280,1600", f"--screenshot={shot}", "--hide-scrollbars")
+    assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
