@@ -13,13 +13,13 @@ approximate first stage, not easy.
 
 Per size, in a fresh process (clean peak RSS):
 - build: photos -> text space (``bridge.image_to_text``, float64 as in the pipeline) in
-  blocks, plus the bf16 copy; this is the index, built once.
-- first stage: exact float32 blocked top-C (C = 100), and the bf16 scan with float32
-  rescoring; median of ``--repeats`` runs.
-- rerank: the chosen head on the C candidates per query, then top-10.
-- recall: bf16 first stage vs the exact first stage's top-10; and the heads' full top-10
-  (every photo scored by the head, on a query sample sized to 2M pairs) inside the exact
-  top-C -- not at 1M, where scoring every pair is exactly what the two stages avoid.
+  blocks; this is the index, built once (the bf16 / int8 copies are timed apart).
+- first stage: exact float32 blocked top-C (C = 100), and the bf16 and int8 scans with
+  float32 rescoring; median of ``--repeats`` runs.
+- rerank: each head on the C candidates per query, then top-10.
+- recall: bf16 / int8 first stage vs the exact first stage's top-10; and the heads' full
+  top-10 (every photo scored by the head, on a query sample sized to 2M pairs) inside
+  the exact top-C -- not at 1M, where scoring every pair is what the two stages avoid.
 A last section ranks the 1100 real photos with the real test queries and reports the
 heads' full top-10 recall at several C.  The cost exponent is the log-log slope of time
 against gallery size.  The machine is shared: the load average is printed with the figures.
@@ -128,30 +128,33 @@ def run_size(n: int, args) -> dict:
     base, pool, model, source = load_sources(Path(args.warehouse))
     gallery = Gallery(base, n, seed=n)
     txt = queries(pool, args.queries, seed=1)
-    q = r.query_text_vectors(txt)
+    q = r.query_text_vectors(txt, model.bridge)
     c, out = args.candidates, {"n": n, "source": source, "head": model.head}
     cpu0, wall0 = os.times(), time.perf_counter()
 
     t = time.perf_counter()
-    index = np.empty((n, 384), np.float32)
+    index = None
     for s in range(0, n, BLOCK):
-        index[s : s + BLOCK] = r.photo_text_vectors(model.bridge, gallery.features(slice(s, s + BLOCK)))
+        vecs = r.photo_text_vectors(model.bridge, gallery.features(slice(s, s + BLOCK)))
+        if index is None:
+            index = np.empty((n, vecs.shape[1]), np.float32)
+        index[s : s + len(vecs)] = vecs
     out["build_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    blocks = r.matrix_blocks(index, BLOCK, "bf16")
-    out["build_bf16_s"] = time.perf_counter() - t
-
-    fp32_blocks = [(o, b, None) for o, b, _ in blocks]
+    fp32_blocks = r.matrix_blocks(index, BLOCK)
     out["exact_s"], out["exact_runs"], (cand, _) = timed(lambda: r.first_stage(q, fp32_blocks, c), args.repeats)
-    out["bf16_s"], out["bf16_runs"], (cand16, _) = timed(
-        lambda: r.first_stage(q, blocks, c, precision="bf16"), args.repeats)
+    for precision in ("bf16", "int8"):
+        t = time.perf_counter()
+        blocks = r.matrix_blocks(index, BLOCK, precision)  # the low-precision copy is part of the index
+        out[f"build_{precision}_s"] = time.perf_counter() - t
+        out[f"{precision}_s"], out[f"{precision}_runs"], (low, _) = timed(
+            lambda: r.first_stage(q, blocks, c, precision=precision), args.repeats)
+        out[f"recall_{precision}_of_exact_top10"] = r.recall_of(cand[:, :10], low)
+        del blocks
     for head in HEADS:
-        out[f"rerank_{head}_s"], _, _ = timed(lambda: r.rerank(model, gallery.features, txt, cand, 10, head),
+        out[f"rerank_{head}_s"], _, _ = timed(lambda: r.rerank(model, lambda rows: index[rows], txt, cand, 10, head),
                                               args.repeats)
-    out["total_exact_s"] = out["exact_s"] + out[f"rerank_{model.head}_s"]
-    out["total_bf16_s"] = out["bf16_s"] + out[f"rerank_{model.head}_s"]
-    out["recall_bf16_of_exact_top10"] = r.recall_of(cand[:, :10], cand16)
-    out["recall_bf16_top10_of_exact_top10"] = r.recall_of(cand[:, :10], cand16[:, :10])
+    for p in ("exact", "bf16", "int8"):
+        out[f"total_{p}_s"] = out[f"{p}_s"] + out[f"rerank_{model.head}_s"]
     cpu1 = os.times()
     out["cpu_share"] = ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / (time.perf_counter() - wall0)
 
@@ -160,7 +163,7 @@ def run_size(n: int, args) -> dict:
     if sample:
         pick = np.linspace(0, len(txt) - 1, sample).round().astype(int)
         for head in HEADS:
-            full = r.full_ranking(model, (gallery.n, gallery.features), txt[pick], 10, head)
+            full = r.full_ranking(model, fp32_blocks, txt[pick], 10, head)
             out[f"recall_{head}_full_top10_at_C"] = r.recall_of(full, cand[pick])
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return out
@@ -187,11 +190,11 @@ def real_gallery(args) -> dict:
                         ["embedding"])["embedding"]
     txt = np.stack([found[s] for s in shas])
     cs = [10, 20, 50, 100, 200]
-    cand, _ = r.first_stage(r.query_text_vectors(txt), r.matrix_blocks(r.photo_text_vectors(model.bridge, base)),
-                            max(cs))
+    index = r.matrix_blocks(r.photo_text_vectors(model.bridge, base))
+    cand, _ = r.first_stage(r.query_text_vectors(txt, model.bridge), index, max(cs))
     out = {"photos": len(base), "queries": len(txt)}
     for head in HEADS:
-        full = r.full_ranking(model, base, txt, 10, head)
+        full = r.full_ranking(model, index, txt, 10, head)
         out[head] = {c: r.recall_of(full, cand[:, :c]) for c in cs}
     return out
 
@@ -211,36 +214,47 @@ def report(rows: list[dict], real: dict, args, load: tuple, cmd: str) -> str:
         "",
         f"Command: `{cmd}`  ",
         f"Machine: {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
-        f"torch threads {args.threads}; **shared and loaded**: load average {load[0]:.1f} before, {load[1]:.1f} after "
-        f"(2 cores: a load of 2 is a full machine). `cpu share` is the cores this process got while timed "
-        f"(2.0 = both).  Times are medians of {args.repeats} runs.  ",
-        f"Data: {rows[0]['source']}; {args.queries} queries; C = {c} candidates; chosen head `{head}`.",
+        f"torch threads {args.threads}; **shared and loaded** while measured: load average {load[0]:.1f} before, "
+        f"{load[1]:.1f} after (2 cores: 2.0 is a full machine).  `cpu` is the cores this process got over its timed "
+        f"part (2.0 = both), so an idle machine would be up to 2/cpu times faster.  Times are medians of "
+        f"{args.repeats} runs.  ",
+        f"Data: {rows[0]['source']}; {args.queries} queries; C = {c} candidates per query; chosen head `{head}`.",
         "",
-        f"| photos | build (s) | exact top-{c} (s) | bf16 top-{c} (s) | rerank {head} (s) | total exact (s) | "
-        f"total bf16 (s) | bf16 recall of exact top-10 | heads' full top-10 in exact top-{c} (bridge / lgbm / mlp) "
-        f"| peak RSS (GB) | cpu share |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        f"| photos | index build (s) | first stage top-{c}: exact / bf16 / int8 (s) | rerank `{head}` (s) "
+        f"| top-10 total: exact / bf16 / int8 (s) | bf16 / int8 recall of exact top-10 | peak RSS (GB) | cpu |",
+        "|---:|---:|---|---:|---|---|---:|---:|",
     ]
     for o in rows:
-        heads = (" / ".join(f"{o[f'recall_{h}_full_top10_at_C']:.3f}" for h in ("bridge", "lgbm", "mlp"))
-                 + f" ({o['head_audit_queries']} q)") if o["head_audit_queries"] else "not measured"
         lines.append(
-            f"| {o['n']:,} | {o['build_s']:.1f} | {o['exact_s']:.2f} | {o['bf16_s']:.2f} | "
-            f"{o[f'rerank_{head}_s']:.2f} | {o['total_exact_s']:.2f} | {o['total_bf16_s']:.2f} | "
-            f"{o['recall_bf16_of_exact_top10']:.4f} | {heads} | {o['peak_rss_gb']:.2f} | {o['cpu_share']:.2f} |")
+            f"| {o['n']:,} | {o['build_s']:.1f} | {o['exact_s']:.2f} / {o['bf16_s']:.2f} / {o['int8_s']:.2f} | "
+            f"{o[f'rerank_{head}_s']:.2f} | {o['total_exact_s']:.2f} / {o['total_bf16_s']:.2f} / "
+            f"{o['total_int8_s']:.2f} | {o['recall_bf16_of_exact_top10']:.4f} / {o['recall_int8_of_exact_top10']:.4f} "
+            f"| {o['peak_rss_gb']:.2f} | {o['cpu_share']:.2f} |")
+    lines += ["", f"Rerank time per head on the {c} candidates (s): " + "; ".join(
+        f"{o['n']:,}: " + ", ".join(f"{h} {o[f'rerank_{h}_s']:.2f}" for h in ("bridge", "lgbm", "mlp"))
+        for o in rows)]
+    audited = [o for o in rows if o["head_audit_queries"]]
+    if audited:
+        lines += ["", f"Share of each head's full top-10 (every photo scored by the head, on a sample of queries) "
+                  f"inside the exact first stage's top-{c}:", "",
+                  "| photos | queries audited | bridge | lgbm | mlp |", "|---:|---:|---:|---:|---:|"]
+        for o in audited:
+            lines.append(f"| {o['n']:,} | {o['head_audit_queries']} | " + " | ".join(
+                f"{o[f'recall_{h}_full_top10_at_C']:.3f}" for h in ("bridge", "lgbm", "mlp")) + " |")
     if len(rows) >= 2:
         ns = [o["n"] for o in rows]
-        lines += ["", "Cost exponent (log-log slope of time against photos, over "
+        lines += ["", "Cost exponent b in time ~ photos^b (least-squares log-log slope over "
                   f"{', '.join(f'{n:,}' for n in ns)}): "
-                  f"exact first stage {slope(ns, [o['exact_s'] for o in rows]):.2f}, "
-                  f"bf16 first stage {slope(ns, [o['bf16_s'] for o in rows]):.2f}, "
-                  f"build {slope(ns, [o['build_s'] for o in rows]):.2f}, "
-                  f"rerank {slope(ns, [o[f'rerank_{head}_s'] for o in rows]):.2f}."]
-    lines += ["", "Per-run first-stage times (s): " + "; ".join(
-        f"{o['n']:,}: exact {', '.join(f'{t:.2f}' for t in o['exact_runs'])} / bf16 "
-        f"{', '.join(f'{t:.2f}' for t in o['bf16_runs'])}" for o in rows)]
+                  + ", ".join(f"{name} {slope(ns, [o[key] for o in rows]):.2f}" for name, key in (
+                      ("index build", "build_s"), ("exact first stage", "exact_s"), ("bf16", "bf16_s"),
+                      ("int8", "int8_s"), (f"rerank {head}", f"rerank_{head}_s")))
+                  + ".  Peak RSS: " + f"{slope(ns, [o['peak_rss_gb'] for o in rows]):.2f}."]
+    lines += ["", "Every first-stage run (s): " + "; ".join(
+        f"{o['n']:,}: exact " + ", ".join(f"{t:.2f}" for t in o["exact_runs"])
+        + " / bf16 " + ", ".join(f"{t:.2f}" for t in o["bf16_runs"])
+        + " / int8 " + ", ".join(f"{t:.2f}" for t in o["int8_runs"]) for o in rows)]
     if real:
-        lines += ["", f"## Real gallery: {real['photos']} photos x {real['queries']} saved queries",
+        lines += ["", f"## Real gallery: {real['photos']} photos (train + test) x {real['queries']} saved queries",
                   "", "Share of each head's full top-10 inside the exact first stage's top-C:", "",
                   "| head | " + " | ".join(f"C={c}" for c in real["bridge"]) + " |",
                   "|---|" + "---:|" * len(real["bridge"])]
@@ -280,7 +294,8 @@ def main() -> int:
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
         o = rows[-1]
         print(f"{n:>9,} photos: build {o['build_s']:.1f}s  exact {o['exact_s']:.2f}s  bf16 {o['bf16_s']:.2f}s  "
-              f"rerank {o['rerank_' + o['head'] + '_s']:.2f}s  bf16 recall {o['recall_bf16_of_exact_top10']:.4f}  "
+              f"int8 {o['int8_s']:.2f}s  rerank {o['rerank_' + o['head'] + '_s']:.2f}s  "
+              f"recall bf16 {o['recall_bf16_of_exact_top10']:.4f} int8 {o['recall_int8_of_exact_top10']:.4f}  "
               f"rss {o['peak_rss_gb']:.2f} GB  cpu {o['cpu_share']:.2f}", flush=True)
     res = subprocess.run([sys.executable, __file__, "--real-only", *passthrough], check=True, capture_output=True,
                          text=True)

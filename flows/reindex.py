@@ -82,7 +82,7 @@ def reindex(
         guard = compliance.photo_guard_task(db, run_id, images, Path(data_dir), wh.embeddings_dir, wh.models_dir)
         model = train.train_heads_task(db, run_id, images, texts, wh.models_dir, head)
         evaluate.evaluate_retrieval_task(db, run_id, images, texts, model)
-        results = rank.rank_queries(tr, db, run_id, images, texts, model, top_k, wh.embeddings_dir, wh.root / "index")
+        results = rank.rank_queries(tr, db, run_id, images, texts, model, top_k, wh.root / "index")
         summary = export.finish_run_task(db, run_id, wh, ledger, flags, images, texts, model, guard, results,
                                          time.monotonic() - started)
         report.report_task(db, run_id, wh, Path(data_dir), images, texts, model, summary)

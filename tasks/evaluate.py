@@ -4,7 +4,9 @@
   (each pair expanded to its three ratings, the CLIPScore protocol on Flickr8K-Expert),
   and Spearman against the mean expert rating.
 - Crowd agreement: Kendall tau-b against the share of yes votes.
-- Retrieval: Recall@1/5/10 and MRR of the photo each query was written for.
+- Retrieval: Recall@1/5/10 and MRR of the photo each query was written for: on the test
+  queries over the test photos (reported, never used to choose), and on training folds
+  (each held-out caption among the held-out photos; tasks/train.py).
 """
 
 from __future__ import annotations
@@ -30,16 +32,25 @@ def judgment_agreement(score: np.ndarray, expert: np.ndarray, crowd_share: np.nd
     return out
 
 
-def retrieval_metrics(scores: np.ndarray, correct: np.ndarray) -> dict[str, float]:
-    """``scores`` [queries, gallery]; ``correct[q]`` the gallery index of query q's photo."""
+def retrieval_ranks(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """``scores`` [queries, gallery]; ``correct[q]`` the gallery index of query q's photo.
+
+    Rank = 1 + photos scored strictly higher; ties count in the query's favour, a
+    deterministic choice that the tie-free float scores here almost never meet.
+    """
     target = scores[np.arange(len(correct)), correct]
-    # Rank = 1 + photos scored strictly higher; ties count in the query's favour, a
-    # deterministic choice that the tie-free float scores here almost never meet.
-    rank = 1 + (scores > target[:, None]).sum(1)
+    return 1 + (scores > target[:, None]).sum(1)
+
+
+def rank_metrics(rank: np.ndarray) -> dict[str, float]:
     out = {f"recall_at_{k}": float((rank <= k).mean()) for k in (1, 5, 10)}
     out["mrr"] = float((1.0 / rank).mean())
-    out["n_queries"] = float(len(correct))
+    out["n_queries"] = float(len(rank))
     return out
+
+
+def retrieval_metrics(scores: np.ndarray, correct: np.ndarray) -> dict[str, float]:
+    return rank_metrics(retrieval_ranks(scores, correct))
 
 
 def roc_auc(score: np.ndarray, label: np.ndarray) -> float:

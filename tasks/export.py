@@ -39,7 +39,8 @@ def model_card_markdown(card: dict) -> str:
     lines = [f"# Model card: run {card['run_id']}", "",
              f"- chosen head: **{card['head']}** (by {card['selection']}, on training folds only)",
              f"- encoders: {card['image_encoder']} (images), {card['text_encoder']} (texts), both frozen",
-             f"- training data: {card['data']}", f"- seed: {card['seed']}", "",
+             f"- training data: {card['data']}", f"- seed: {card['seed']}",
+             f"- training settings: {json.dumps(card.get('training', {}), sort_keys=True)}", "",
              "| head | protocol | metric | value |", "|---|---|---|---|"]
     for m in card["metrics"]:
         lines.append(f"| {m['head']} | {m['protocol']} | {m['metric']} | {m['value']:.4f} |")
@@ -94,7 +95,8 @@ def finish_run_task(db: Path, run_id: str, wh: Warehouse, ledger: pl.DataFrame, 
     }
     card = {"run_id": run_id, "head": model.head, "selection": "expert_kendall_tau_c out of fold",
             "fingerprint": model.fingerprint, "image_encoder": images.encoder, "text_encoder": texts.encoder,
-            "data": {"training_pairs": data}, "seed": SEED, "metrics": metrics.to_dicts()}
+            "data": {"training_pairs": data}, "seed": SEED, "training": getattr(model, "settings", {}),
+            "metrics": metrics.to_dicts()}
     report_dir = wh.reports_dir / run_id
     atomic_write_bytes(json.dumps(card, indent=2).encode(), report_dir / "model_card.json")
     atomic_write_bytes(model_card_markdown(card).encode(), report_dir / "model_card.md")

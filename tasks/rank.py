@@ -82,25 +82,26 @@ from tasks.warehouse import connect  # noqa: E402
 
 
 @task(name="rank-shard", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def rank_shard(txt: np.ndarray, index: list[str], feature_cache: str, model, k: int,
+def rank_shard(txt: np.ndarray, index: list[str], model, k: int,
                config: RetrievalConfig = RetrievalConfig()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One shard of queries: first stage over the index on disk, head on the candidates.
 
     Returns (top-k gallery rows, their scores, the first stage's candidates best first).
-    Reads the index block by block and, from the embedding cache, the candidates' features.
+    Streams the index twice, a block at a time: once to pick candidates, once to fetch
+    their vectors for the head.
     """
     files = [Path(f) for f in index]
-    cand, _ = retrieval.first_stage(retrieval.query_text_vectors(txt),
-                                    retrieval.parquet_blocks(files, "text_space", config.block_rows, config.precision),
+
+    def blocks(precision):
+        return retrieval.parquet_blocks(files, "text_space", config.block_rows, precision)
+
+    cand, _ = retrieval.first_stage(retrieval.query_text_vectors(txt, model.bridge), blocks(config.precision),
                                     config.candidates, config.precision)
-    shas = retrieval.read_index_column(files, "sha256")
-    idx, top = retrieval.rerank(model, lambda rows: retrieval.cached_features(Path(feature_cache),
-                                                                              [shas[r] for r in rows]),
-                                txt, cand, k)
+    idx, top = retrieval.rerank(model, lambda rows: retrieval.gather_rows(blocks("fp32"), rows), txt, cand, k)
     return idx, top, cand
 
 
-def rank_queries(tr, db: Path, run_id: str, images, texts, model, top_k: int, emb_root: Path, index_root: Path,
+def rank_queries(tr, db: Path, run_id: str, images, texts, model, top_k: int, index_root: Path,
                  config: RetrievalConfig = RetrievalConfig(), shards: ShardConfig = ShardConfig()) -> pl.DataFrame:
     """Every saved query against the gallery; blocked queries are never scored.
 
@@ -111,7 +112,6 @@ def rank_queries(tr, db: Path, run_id: str, images, texts, model, top_k: int, em
     from prefect import unmapped
 
     from tasks.distributed import shard_bounds
-    from tasks.embed import encoder_dir
     from tasks.train import HEADS
 
     log = get_run_logger()
@@ -142,14 +142,15 @@ def rank_queries(tr, db: Path, run_id: str, images, texts, model, top_k: int, em
         futures = tr.map(rank_shard, {
             "txt": [txt[a:b] for a, b in bounds],
             "index": unmapped([str(f) for f in files]),
-            "feature_cache": unmapped(str(encoder_dir(emb_root, "image", images.encoder))),
             "model": unmapped(model), "k": unmapped(k), "config": unmapped(config)})
         parts = [f.result() for f in futures]
         idx[allowed] = np.concatenate([p[0] for p in parts])
         top[allowed] = np.concatenate([p[1] for p in parts])
         cand = np.concatenate([p[2] for p in parts])
         at = sorted({c for c in (10, 20, 50) if c < cand.shape[1]} | {cand.shape[1]})
-        metrics = retrieval.first_stage_recall(model, img, txt, cand, HEADS, at)
+        metrics = retrieval.first_stage_recall(
+            model, lambda: retrieval.parquet_blocks(files, "text_space", config.block_rows), txt, cand, HEADS, at,
+            n_photos=len(gallery))
         kept = next(m["value"] for m in metrics
                     if m["head"] == model.head and m["metric"] == f"recall_of_full_top10_at_{cand.shape[1]}")
         metrics += [{"head": model.head, "metric": "recall_of_full_top10_at_C", "value": kept},

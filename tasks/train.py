@@ -1,9 +1,13 @@
 """Train the relevance heads and measure them out of fold, with folds grouped by photo.
 
-Stacking without leakage: the heads learn from bridge features, and the bridge is itself
-fitted on photos.  So a pair's training features always come from a bridge that did not
-see its photo (inner folds), and each outer validation fold is scored by a bridge and
-heads fitted without it.  The head that scores search results is chosen on these
+The bridge (kernel ridge, models/bridge.py) maps photos into the text space; its cosine
+is the first-stage score and the "bridge" head.  The LightGBM and MLP heads rerank with
+features of that map (models/features.py), learnt from the judged pairs.
+
+Stacking without leakage, without nested refits: a pair's training features come from
+the bridge's closed-form leave-one-photo-out map of its photo, so they look like the
+features of a photo the bridge never saw -- which is what the validation fold gets from
+a bridge fitted without it.  The head that scores search results is chosen on these
 training-fold figures only; the test queries never choose anything.
 """
 
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,22 +24,24 @@ import polars as pl
 from safetensors.numpy import load_file, save_file
 
 from models.bridge import Bridge, BridgeConfig
-from models.features import pair_features
+from models.features import bridge_cosine, bridge_score, pair_features
 from models.lgbm_head import LgbmConfig, LgbmHead
 from models.mlp_head import MlpConfig, MlpHead
-from tasks.evaluate import judgment_agreement
+from tasks.config import SEED
+from tasks.evaluate import judgment_agreement, rank_metrics, retrieval_ranks
 from tasks.progress import track
 from tasks.warehouse import atomic_write_bytes
 
 HEADS = ("bridge", "lgbm", "mlp")
 SELECTION_METRIC = "expert_kendall_tau_c"
+# Bump when the saved model's meaning changes, so older saved heads are never reused.
+MODEL_FORMAT = 2
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     folds: int = 5
-    inner_folds: int = 4
-    seed: int = 0
+    seed: int = SEED
     positive_threshold: float = 0.6
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
     lgbm: LgbmConfig = field(default_factory=LgbmConfig)
@@ -59,7 +66,7 @@ class TrainingSet:
     txt_home: np.ndarray       # [texts] index of the photo the text was written for, -1 if none here
 
     def fingerprint(self, config: TrainConfig) -> str:
-        h = hashlib.sha256()
+        h = hashlib.sha256(f"format {MODEL_FORMAT}|".encode())
         for a in (self.img, self.txt, self.pair_img, self.pair_txt, self.target, self.weight,
                   self.pos_img, self.pos_txt, self.pos_weight, self.txt_home):
             h.update(np.ascontiguousarray(a).tobytes())
@@ -107,29 +114,26 @@ def photo_folds(n_photos: int, k: int, seed: int) -> np.ndarray:
     return folds
 
 
-def fit_bridge(ts: TrainingSet, photo_ok: np.ndarray, text_ok: np.ndarray | None, config: TrainConfig) -> Bridge:
+def bridge_rows(ts: TrainingSet, photo_ok: np.ndarray, text_ok: np.ndarray | None) -> np.ndarray:
+    """The positives the bridge may learn from: allowed photo and allowed text."""
     m = photo_ok[ts.pos_img]
     if text_ok is not None:
         m &= text_ok[ts.pos_txt]
-    return Bridge.fit(ts.img[ts.pos_img[m]], ts.txt[ts.pos_txt[m]], ts.pos_weight[m], config.bridge)
+    return m
 
 
-def oof_bridge_features(ts: TrainingSet, pair_mask: np.ndarray, photo_ok: np.ndarray,
-                        text_ok: np.ndarray | None, config: TrainConfig, seed: int) -> np.ndarray:
-    """Features for the masked pairs, each from a bridge fitted without its photo."""
-    folds = photo_folds(len(ts.img), config.inner_folds, seed)
-    x = None
-    for f in range(config.inner_folds):
-        inner_ok = photo_ok & (folds != f)
-        rows = np.flatnonzero(pair_mask & (folds[ts.pair_img] == f))
-        if len(rows) == 0:
-            continue
-        b = fit_bridge(ts, inner_ok, text_ok, config)
-        feats = pair_features(b, ts.img, ts.txt, ts.pair_img[rows], ts.pair_txt[rows])
-        if x is None:
-            x = np.zeros((len(ts.target), feats.shape[1]), dtype=np.float32)
-        x[rows] = feats
-    return x[pair_mask]
+def fit_bridge(ts: TrainingSet, photo_ok: np.ndarray, text_ok: np.ndarray | None,
+               config: TrainConfig) -> tuple[Bridge, np.ndarray]:
+    """The bridge on the allowed positives, and every photo mapped into the text space:
+    photos it learnt from by their leave-one-out map, all others by the bridge itself."""
+    m = bridge_rows(ts, photo_ok, text_ok)
+    # Every caption of the training side, judged or matched, places the text space's origin.
+    ref = ts.txt if text_ok is None else ts.txt[text_ok]
+    bridge, ids, loo = Bridge.fit_loo(ts.img[ts.pos_img[m]], ts.txt[ts.pos_txt[m]], ts.pos_weight[m],
+                                      config.bridge, groups=ts.pos_img[m], txt_ref=ref)
+    mapped = bridge.image_to_text(ts.img)
+    mapped[ids] = loo
+    return bridge, mapped
 
 
 def fit_heads(x: np.ndarray, y: np.ndarray, w: np.ndarray, config: TrainConfig) -> dict[str, object]:
@@ -137,11 +141,6 @@ def fit_heads(x: np.ndarray, y: np.ndarray, w: np.ndarray, config: TrainConfig) 
         "lgbm": LgbmHead.fit(x, y, w, config.lgbm),
         "mlp": MlpHead.fit(x, y, w, config.mlp),
     }
-
-
-def bridge_score(x: np.ndarray) -> np.ndarray:
-    """The bridge alone as a head: its image->text cosine, put on [0, 1]."""
-    return np.clip((x[:, 0] + 1.0) / 2.0, 0.0, 1.0)
 
 
 def predict_all(heads: dict[str, object], x: np.ndarray) -> dict[str, np.ndarray]:
@@ -157,45 +156,78 @@ def caption_folds(ts: TrainingSet, photo_fold: np.ndarray, k: int, seed: int) ->
     return np.where(ts.txt_home >= 0, photo_fold[np.maximum(ts.txt_home, 0)], fallback)
 
 
-def cross_validate(ts: TrainingSet, config: TrainConfig, strict_captions: bool = False) -> dict[str, np.ndarray]:
-    """Out-of-fold scores per head (NaN for pairs no fold validates).
+def fold_split(ts: TrainingSet, folds: np.ndarray, tfolds: np.ndarray, k: int, strict_captions: bool
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Fold ``k``: (training pairs, validation pairs, photos the training side may use, texts
+    it may use -- None for all)."""
+    val = folds[ts.pair_img] == k
+    photo_ok = folds != k
+    text_ok = None
+    train = ~val
+    if strict_captions:
+        text_ok = tfolds != k
+        val &= ~text_ok[ts.pair_txt]
+        train &= text_ok[ts.pair_txt]
+    return train, val, photo_ok, text_ok
+
+
+@dataclass
+class CrossValidation:
+    oof: dict[str, np.ndarray]          # head -> [pairs] out-of-fold score (NaN where no fold validates)
+    ranks: dict[str, np.ndarray]        # head -> rank of each held-out caption's own photo among the fold's photos
+
+
+def cross_validate(ts: TrainingSet, config: TrainConfig, strict_captions: bool = False) -> CrossValidation:
+    """Out-of-fold scores per head.
 
     Folds are grouped by photo.  ``strict_captions`` also groups by caption text: a pair
     is validated only when its photo and its caption are both in the held-out fold, and
     the training side holds neither, so no caption text is on both sides.  Captions
     follow the fold of the photo they were written for, which keeps every known match
-    in the validation cells.
+    in the validation cells.  Under that protocol each held-out caption is also searched
+    for among the held-out photos, so retrieval is measured on training folds too.
     """
     folds = photo_folds(len(ts.img), config.folds, config.seed)
     tfolds = caption_folds(ts, folds, config.folds, config.seed)
     oof = {h: np.full(len(ts.target), np.nan, dtype=np.float32) for h in HEADS}
+    ranks: dict[str, list[np.ndarray]] = {h: [] for h in HEADS}
     for k in track(range(config.folds), f"cross-validation ({'strict captions' if strict_captions else 'by photo'})",
                    unit="fold", key="train-cv-progress"):
-        val = folds[ts.pair_img] == k
-        photo_ok = folds != k
-        text_ok = None
-        train = ~val
-        if strict_captions:
-            text_ok = tfolds != k
-            val &= ~text_ok[ts.pair_txt]
-            train &= text_ok[ts.pair_txt]
+        train, val, photo_ok, text_ok = fold_split(ts, folds, tfolds, k, strict_captions)
         if not val.any():
             continue
-        x_train = oof_bridge_features(ts, train, photo_ok, text_ok, config, seed=config.seed + 1 + k)
-        heads = fit_heads(x_train, ts.target[train], ts.weight[train], config)
-        b = fit_bridge(ts, photo_ok, text_ok, config)
+        bridge, mapped = fit_bridge(ts, photo_ok, text_ok, config)
+        rows = np.flatnonzero(train)
+        x_train = pair_features(bridge, ts.img, ts.txt, ts.pair_img[rows], ts.pair_txt[rows], img_text=mapped)
+        heads = fit_heads(x_train, ts.target[rows], ts.weight[rows], config)
         rows = np.flatnonzero(val)
-        x_val = pair_features(b, ts.img, ts.txt, ts.pair_img[rows], ts.pair_txt[rows])
+        # Validation photos were never fitted: ``mapped`` holds the bridge's own map for them.
+        x_val = pair_features(bridge, ts.img, ts.txt, ts.pair_img[rows], ts.pair_txt[rows], img_text=mapped)
         for name, s in predict_all(heads, x_val).items():
             oof[name][rows] = s
-    return oof
+        if strict_captions:
+            gallery = np.flatnonzero(~photo_ok)
+            own = (ts.txt_home[ts.pos_txt] == ts.pos_img) & ~photo_ok[ts.pos_img]
+            queries = np.unique(ts.pos_txt[own])
+            if len(queries) and len(gallery):
+                where = np.full(len(ts.img), -1)
+                where[gallery] = np.arange(len(gallery))
+                gi, qi = np.meshgrid(gallery, queries)
+                x = pair_features(bridge, ts.img, ts.txt, gi.ravel(), qi.ravel(), img_text=mapped)
+                for name, s in predict_all(heads, x).items():
+                    ranks[name].append(retrieval_ranks(s.reshape(len(queries), len(gallery)),
+                                                       where[ts.txt_home[queries]]))
+    return CrossValidation(oof, {h: np.concatenate(r) if r else np.zeros(0) for h, r in ranks.items()})
 
 
-def agreement_table(ts: TrainingSet, oof: dict[str, np.ndarray], protocol: str) -> list[dict]:
+def agreement_table(ts: TrainingSet, cv: CrossValidation, protocol: str) -> list[dict]:
     rows = []
-    for head, s in oof.items():
+    for head, s in cv.oof.items():
         ok = ~np.isnan(s)
-        for metric, value in judgment_agreement(s[ok], ts.expert[ok], ts.crowd_share[ok]).items():
+        measured = judgment_agreement(s[ok], ts.expert[ok], ts.crowd_share[ok])
+        if len(cv.ranks[head]):
+            measured.update(rank_metrics(cv.ranks[head]))
+        for metric, value in measured.items():
             rows.append({"head": head, "protocol": protocol, "metric": metric, "value": value})
     return rows
 
@@ -212,12 +244,14 @@ class FittedModel:
     heads: dict[str, object]
     head: str
     fingerprint: str = ""
+    settings: dict = field(default_factory=dict)  # what the model card reports: config, data, timing
 
     def score(self, img: np.ndarray, txt: np.ndarray, img_idx: np.ndarray, txt_idx: np.ndarray,
               head: str | None = None) -> np.ndarray:
-        x = pair_features(self.bridge, img, txt, img_idx, txt_idx)
         name = head or self.head
-        return bridge_score(x) if name == "bridge" else self.heads[name].predict(x)
+        if name == "bridge":
+            return bridge_score(bridge_cosine(self.bridge, img, txt, img_idx, txt_idx))
+        return self.heads[name].predict(pair_features(self.bridge, img, txt, img_idx, txt_idx))
 
     def score_matrix(self, img: np.ndarray, txt: np.ndarray, head: str | None = None) -> np.ndarray:
         """Scores [texts, photos] for every text against every photo."""
@@ -227,8 +261,9 @@ class FittedModel:
 
 def fit_final(ts: TrainingSet, config: TrainConfig, head: str) -> FittedModel:
     everything = np.ones(len(ts.img), dtype=bool)
-    x = oof_bridge_features(ts, np.ones(len(ts.target), dtype=bool), everything, None, config, seed=config.seed)
-    return FittedModel(fit_bridge(ts, everything, None, config), fit_heads(x, ts.target, ts.weight, config), head)
+    bridge, mapped = fit_bridge(ts, everything, None, config)
+    x = pair_features(bridge, ts.img, ts.txt, ts.pair_img, ts.pair_txt, img_text=mapped)
+    return FittedModel(bridge, fit_heads(x, ts.target, ts.weight, config), head)
 
 
 # ------------------------------------------------------------- saving (no pickle)
@@ -286,22 +321,26 @@ def train_heads_task(db: Path, run_id: str, images, texts, models_root: Path, he
     folder = models_root / fingerprint
     if (folder / "card.json").exists():
         model = load_model(folder)
-        metrics = json.loads((folder / "card.json").read_text())["metrics"]
+        card = json.loads((folder / "card.json").read_text())
+        metrics = card["metrics"]
         log.info("training data unchanged (%s): heads reused", fingerprint)
     else:
+        started = time.perf_counter()
         metrics = agreement_table(ts, cross_validate(ts, config), "oof_grouped_by_photo")
         metrics += agreement_table(ts, cross_validate(ts, config, strict_captions=True), "oof_strict_captions")
         model = fit_final(ts, config, choose_head(metrics))
+        seconds = time.perf_counter() - started
         card = {"fingerprint": fingerprint, "head": model.head, "config": asdict(config),
                 "image_encoder": images.encoder, "text_encoder": texts.encoder,
                 "data": {"pairs": int(len(ts.target)), "photos": int(len(ts.img)), "texts": int(len(ts.txt)),
                          "bridge_positives": int(len(ts.pos_img))},
-                "metrics": metrics}
+                "train_seconds": round(seconds, 2), "metrics": metrics}
         save_model(model, folder, card)
-        log.info("heads trained (%s), chosen on training folds: %s", fingerprint, model.head)
+        log.info("heads trained (%s) in %.1f s, chosen on training folds: %s", fingerprint, seconds, model.head)
     if head != "auto":
         model.head = head
     model.fingerprint = fingerprint
+    model.settings = {k: card[k] for k in ("config", "data", "train_seconds") if k in card}
     rows = [dict(r) for r in metrics] + [
         {"head": "chosen", "protocol": "selection", "metric": f"is_{model.head}", "value": 1.0}]
     with connect(db) as con:

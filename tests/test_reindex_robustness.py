@@ -486,7 +486,7 @@ def pair(root, clean) -> Pair:
 
 
 def test_two_reindexes_at_once_one_runs_one_refuses(pair, clean):
-    assert sorted(pair.codes) == [0, 2], [r.stderr[-3000:] for r in pair.runs]
+    assert sorted(pair.codes) == [0, 2], "\n\n".join(f"exit {c}:\n{r.stderr[-3000:]}" for r, c in zip(pair.runs, pair.codes))
     winner = pair.runs[pair.codes.index(0)]
     loser = pair.runs[pair.codes.index(2)]
     said = [ln for ln in loser.stderr.splitlines() if "reindex stopped" in ln]
@@ -502,7 +502,8 @@ def test_two_reindexes_at_once_one_runs_one_refuses(pair, clean):
 
 def test_a_second_run_on_the_same_inputs_gives_the_same_tables(pair, clean):
     """Idempotence: the clean run's snapshot against the second run on its warehouse."""
-    second = next(r for r, c in zip(pair.runs, pair.codes) if c == 0).summary["run_id"]
+    assert 0 in pair.codes, "no run of the pair completed; see test_two_reindexes_at_once_one_runs_one_refuses"
+    second = pair.runs[pair.codes.index(0)].summary["run_id"]
     before, after = current_tables(clean.snapshot), current_tables(pair.wh / DB_NAME)
     assert before.keys() == after.keys()
     for name in before:

@@ -60,11 +60,12 @@ def test_fewer_photos_than_candidates():
     assert empty.shape == (3, 0)
 
 
-def test_bf16_scan_keeps_exact_scores_and_high_recall():
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_low_precision_scan_keeps_exact_scores_and_high_recall(precision):
     rng = np.random.default_rng(3)
     gallery, queries = unit(rng, 20000, 384), unit(rng, 50, 384)
     ref_idx, ref_scores = r.first_stage_exact_reference(queries, gallery, 100)
-    idx, scores = r.first_stage(queries, r.matrix_blocks(gallery, 4096, "bf16"), c=100, precision="bf16")
+    idx, scores = r.first_stage(queries, r.matrix_blocks(gallery, 4096, precision), c=100, precision=precision)
     # The scores of whatever was picked are the float32 ones.
     np.testing.assert_allclose(scores, np.take_along_axis(queries @ gallery.T, idx, 1), atol=1e-5)
     assert r.recall_of(ref_idx[:, :10], idx) >= 0.95
@@ -87,13 +88,14 @@ def test_two_stage_equals_full_ranking_when_candidates_cover_gallery(head):
     model = small_model(rng)
     img = np.abs(rng.standard_normal((120, 48))).astype(np.float32)
     txt = unit(rng, 15, 24)
-    full = model.score_matrix(img, txt, head)
+    full = model.score_matrix(img, txt, head)  # the pipeline's own full scoring, from image features
     full_idx = np.argsort(-full, axis=1, kind="stable")[:, :10]
     idx, scores, cand = r.two_stage(model, img, txt, 10, r.RetrievalConfig(candidates=500, block_rows=50), head)
     np.testing.assert_array_equal(idx, full_idx)
     np.testing.assert_allclose(scores, np.take_along_axis(full, full_idx, 1), atol=1e-5)
     assert r.recall_of(full_idx, cand) == 1.0
-    np.testing.assert_array_equal(r.full_ranking(model, img, txt, 10, head, max_pairs=500), full_idx)
+    index = r.matrix_blocks(r.photo_text_vectors(model.bridge, img), 50)
+    np.testing.assert_array_equal(r.full_ranking(model, index, txt, 10, head, max_pairs=200), full_idx)
 
 
 def test_bridge_head_two_stage_is_exact_at_any_candidate_count():
@@ -102,7 +104,33 @@ def test_bridge_head_two_stage_is_exact_at_any_candidate_count():
     model = small_model(rng)
     img = np.abs(rng.standard_normal((400, 48))).astype(np.float32)
     txt = unit(rng, 12, 24)
-    full_idx = r.full_ranking(model, img, txt, 10, "bridge")
+    full_idx = np.argsort(-model.score_matrix(img, txt, "bridge"), axis=1, kind="stable")[:, :10]
     idx, _, cand = r.two_stage(model, img, txt, 10, r.RetrievalConfig(candidates=20, block_rows=64), "bridge")
     np.testing.assert_array_equal(idx, full_idx)
     assert r.recall_of(full_idx, cand) == 1.0
+
+
+def test_rerank_reads_candidate_vectors_from_a_parquet_index(tmp_path):
+    rng = np.random.default_rng(6)
+    model = small_model(rng)
+    img = np.abs(rng.standard_normal((300, 48))).astype(np.float32)
+    txt = unit(rng, 9, 24)
+    files = r.build_index(tmp_path / "idx", model.bridge, img, [f"p{i}" for i in range(300)],
+                          [f"{i:064x}" for i in range(300)], rows_per_part=70)
+    assert len(files) == 5 and (tmp_path / "idx" / "_SUCCESS").exists()
+
+    def blocks(precision="fp32"):
+        return r.parquet_blocks(files, "text_space", 64, precision)
+
+    cand, _ = r.first_stage(r.query_text_vectors(txt, model.bridge), blocks(), 40)
+    idx, scores = r.rerank(model, lambda rows: r.gather_rows(blocks(), rows), txt, cand, 10, "lgbm")
+    ref_idx, ref_scores, ref_cand = r.two_stage(model, img, txt, 10, r.RetrievalConfig(candidates=40), "lgbm")
+    np.testing.assert_array_equal(cand, ref_cand)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-6)
+    # The audit reads the same index; the lgbm head's full top-10 is mostly inside the top-40.
+    rows = r.first_stage_recall(model, blocks, txt, cand, ["bridge", "lgbm"], [10, 40], n_photos=300)
+    got = {(m["head"], m["metric"]): m["value"] for m in rows}
+    assert got[("bridge", "recall_of_full_top10_at_10")] == 1.0
+    assert 0.0 < got[("lgbm", "recall_of_full_top10_at_40")] <= 1.0
+    assert got[("lgbm", "audited_queries")] == 9

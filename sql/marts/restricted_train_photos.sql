@@ -1,6 +1,7 @@
 -- Train photos that show a child, known from the captions people wrote about them.
--- They leave the training data (the law forbids processing them) and they label the
--- photo classifier that protects search results.
+-- They leave the relevance training data (the law forbids processing them) and they
+-- label the photo guard, the one model allowed to learn from them, because it exists
+-- to keep such photos out of results (docs/compliance.md).
 --   own_caption:     the caption written for this photo describes a child;
 --   matched_caption: a caption judges found matching this photo (target >= 0.6)
 --                    describes a child, so the photo most likely shows one too.
@@ -36,6 +37,7 @@ train_photos as (
 
 final as (
     select
+        getvariable('run_id')                           as run_id,
         image,
         arg_min(reason, reason = 'matched_caption')   as reason,
         arg_min(rule, reason = 'matched_caption')     as rule,

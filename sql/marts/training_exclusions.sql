@@ -14,6 +14,7 @@ restricted as (
 
 final as (
     select
+        getvariable('run_id')                                   as run_id,
         targets.image,
         targets.caption_id,
         case
