@@ -41,7 +41,7 @@ class ShardConfig:
 
 
 def check_runner(runner: str) -> str:
-    if runner in RUNNERS or runner.startswith(("tcp://", "tls://", "inproc://")):
+    if runner in RUNNERS or runner.startswith(("tcp://", "tls://")):
         return runner
     raise ValueError(f"runner must be 'local', 'dask' or a scheduler address like tcp://host:8786, not {runner!r}")
 
