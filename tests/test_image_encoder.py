@@ -66,8 +66,7 @@ def torch_enc(cache_dir):
     import torch
 
     threads = torch.get_num_threads()  # the torch backend sets it process-wide: restore it
-    # one thread: on a loaded shared box, torch's 2-thread OpenMP barriers can be 5x slower
-    yield ImageEncoder(ImageEncoderConfig(backend="torch", batch_size=4, threads=1), cache_dir)
+    yield ImageEncoder(ImageEncoderConfig(backend="torch", batch_size=4), cache_dir)
     torch.set_num_threads(threads)
 
 
@@ -176,6 +175,14 @@ def test_order_preserved_and_batch_size_invariant(onnx_enc, images):
     assert len({tuple(np.round(f, 3)) for f in f8}) == len(images)  # distinct images, distinct rows
 
 
+def test_worker_count_does_not_change_results(cache_dir, onnx_enc, images):
+    ref, _ = _encode_all(onnx_enc, images)  # 2 workers
+    for workers in (1, 3):
+        enc = ImageEncoder(ImageEncoderConfig(batch_size=2, workers=workers), cache_dir)
+        f, _ = _encode_all(enc, images)
+        np.testing.assert_allclose(f, ref, atol=1e-5, rtol=0)
+
+
 def test_path_api_streams_in_order(onnx_enc, images, tmp_path):
     paths = []
     for i, img in enumerate(images):
@@ -217,6 +224,10 @@ def test_bad_config_rejected(cache_dir):
         ImageEncoder(ImageEncoderConfig(variant="lite9"), cache_dir)
     with pytest.raises(ValueError):
         ImageEncoder(ImageEncoderConfig(precision="int8"), cache_dir)  # no calibration photos
+    with pytest.raises(ValueError):
+        ImageEncoderConfig(backend="torch", precision="int8")
+    with pytest.raises(ValueError):
+        ImageEncoderConfig(workers=0)
 
 
 def test_int8_lite0_smoke(tmp_path, images):
