@@ -7,12 +7,17 @@ the default mode), timed from outside; peak resident memory is the process's max
 - cold:       empty warehouse (no embedding cache, no trained heads)
 - no change:  the same inputs again on the warm warehouse
 - 10 new:     ten new gallery photos added (new files, new content hashes)
+- floor:      an empty Prefect flow in the same mode (own process, ephemeral server), alone
+              and after importing flows.reindex: the fixed cost no reindex can go below
+For each reindex the flow's own duration (runs.wall_seconds: flow body up to the summary)
+and its seconds by stage (runs.summary_json) are read back from the warehouse.
 The copy of the data lives in a temporary folder and is deleted afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -35,16 +40,37 @@ WRAP = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], stdo
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)")
 
 
-def run_reindex(data: Path, wh: Path) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one reindex process."""
+# An empty flow, run the way the reindex runs: its own process, Prefect's ephemeral server.
+EMPTY_FLOW = ("{imports}from prefect import flow\n"
+              "@flow(name='empty-flow')\ndef empty() -> int:\n    return 0\n"
+              "empty()\n")
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds (process start to exit) and peak RSS (MiB) of one process."""
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", WRAP, sys.executable, "-m", "flows.reindex",
-                          "--data-dir", str(data), "--warehouse", str(wh)],
-                         cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", WRAP, *cmd], cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if out.returncode != 0:
-        raise SystemExit(f"reindex failed:\n{out.stderr[-3000:]}")
+        raise SystemExit(f"{cmd[:3]} failed:\n{out.stderr[-3000:]}")
     return wall, int(out.stderr.strip().splitlines()[-1]) / 1024.0
+
+
+def run_reindex(data: Path, wh: Path) -> tuple[float, float, float, dict[str, float]]:
+    """Wall seconds and peak RSS (MiB) of one reindex process, then the flow's own
+    duration and its seconds by stage, as the run recorded them."""
+    wall, rss = timed([sys.executable, "-m", "flows.reindex", "--data-dir", str(data), "--warehouse", str(wh)])
+    import duckdb
+
+    with duckdb.connect(str(wh / "with_sense.duckdb"), read_only=True) as con:
+        flow_s, summary = con.execute("SELECT wall_seconds, summary_json FROM runs ORDER BY run_id DESC LIMIT 1"
+                                      ).fetchone()
+    return wall, rss, flow_s, json.loads(summary).get("stage_seconds", {})
+
+
+def run_floor(with_imports: bool) -> tuple[float, float]:
+    imports = "import flows.reindex\n" if with_imports else ""
+    return timed([sys.executable, "-c", EMPTY_FLOW.format(imports=imports)])
 
 
 def copy_data(src: Path, dst: Path) -> Path:
@@ -74,15 +100,27 @@ def main() -> None:
         tmp = Path(tmp)
         data = copy_data(a.data_dir.resolve(), tmp / "with_sense")
         wh = tmp / "wh"
+        load_start = os.getloadavg()[0]
         cold = run_reindex(data, wh)
         nochange = sorted((run_reindex(data, wh) for _ in range(a.repeats)), key=lambda r: r[0])[a.repeats // 2]
         add_new_photos(data, 10)
         new10 = run_reindex(data, wh)
+    floor = run_floor(with_imports=False)
+    floor_imports = run_floor(with_imports=True)
     rows = [("cold", cold), ("no change", nochange), ("10 new photos", new10)]
-    print(f"{'mode':<16}{'wall s':>9}{'vs cold':>9}{'peak RSS MiB':>14}")
-    for name, (wall, rss) in rows:
-        print(f"{name:<16}{wall:>9.1f}{wall / cold[0]:>9.3f}{rss:>14.0f}")
-    print(f"(cpu count {os.cpu_count()}, load average at end {os.getloadavg()[0]:.2f})")
+    print(f"{'mode':<22}{'wall s':>9}{'vs cold':>9}{'flow s':>9}{'peak RSS MiB':>14}")
+    for name, (wall, rss, flow_s, _) in rows:
+        print(f"{name:<22}{wall:>9.1f}{wall / cold[0]:>9.3f}{flow_s:>9.1f}{rss:>14.0f}")
+    for name, (wall, rss) in [("floor: empty flow", floor), ("  + import reindex", floor_imports)]:
+        print(f"{name:<22}{wall:>9.1f}{wall / cold[0]:>9.3f}{'':>9}{rss:>14.0f}")
+    print("wall s: process start to exit, timed from outside; flow s: the flow body up to the summary "
+          "(runs.wall_seconds)")
+    print("seconds by stage (runs.summary_json):")
+    stages = list(dict.fromkeys(k for *_, st in (cold, nochange, new10) for k in st))
+    print(f"  {'stage':<20}" + "".join(f"{n:>16}" for n, _ in rows))
+    for st in stages:
+        print(f"  {st:<20}" + "".join(f"{r[3].get(st, float('nan')):>16.2f}" for _, r in rows))
+    print(f"(cpu count {os.cpu_count()}, load average at start {load_start:.2f}, at end {os.getloadavg()[0]:.2f})")
 
 
 if __name__ == "__main__":

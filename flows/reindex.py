@@ -28,6 +28,18 @@ from tasks.warehouse import Warehouse, open_work_copy, publish, reindex_lock
 Head = Literal["auto", "bridge", "lgbm", "mlp"]
 
 
+class Lap:
+    """Each call records the seconds since the previous one under a stage name."""
+
+    def __init__(self, into: dict[str, float]):
+        self.into, self.last = into, time.monotonic()
+
+    def __call__(self, stage: str) -> None:
+        now = time.monotonic()
+        self.into[stage] = round(now - self.last, 3)
+        self.last = now
+
+
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
@@ -67,24 +79,35 @@ def reindex(
         db = open_work_copy(wh, run_id)
         log.info("run %s: data %s -> warehouse %s", run_id, data_dir, wh.root)
 
-        ingested = ingest.ingest_task(Path(data_dir))
+        # Seconds per stage, for the run summary (runs.summary_json) and the speed benchmark.
+        stages: dict[str, float] = {}
+        lap = Lap(stages)
+        ingested = ingest.ingest_task(Path(data_dir), db)
         ledger = ingest.load_task(db, run_id, ingested, str(data_dir), top_k)
+        lap("ingest")
         load.build_models_task(db, run_id, load.STAGING_MODELS)
         flags = compliance.flag_texts_task(db, run_id)
         load.build_models_task(db, run_id, load.MART_MODELS)
+        lap("sql_and_text_flags")
 
         # Mapped shards fill the embedding cache; the task then reads every photo from it.
         sharded = distributed.fill_image_cache(tr, db, Path(data_dir), wh.embeddings_dir, wh.models_dir / "onnx")
         images = embed.embed_images_task(db, Path(data_dir), wh.embeddings_dir, wh.models_dir / "onnx")
         images.n_computed += sharded
+        lap("embed_images")
         texts = embed.embed_texts_task(db, wh.embeddings_dir)
+        lap("embed_texts")
 
         guard = compliance.photo_guard_task(db, run_id, images, Path(data_dir), wh.embeddings_dir, wh.models_dir)
+        lap("photo_guard")
         model = train.train_heads_task(db, run_id, images, texts, wh.models_dir, head)
+        lap("relevance_heads")
         evaluate.evaluate_retrieval_task(db, run_id, images, texts, model)
+        lap("evaluate")
         results = rank.rank_queries(tr, db, run_id, images, texts, model, top_k, wh.root / "index")
+        lap("rank")
         summary = export.finish_run_task(db, run_id, wh, ledger, flags, images, texts, model, guard, results,
-                                         time.monotonic() - started)
+                                         time.monotonic() - started, stages)
         report.report_task(db, run_id, wh, Path(data_dir), images, texts, model, summary)
         publish(wh, run_id)
     print(export.format_summary(summary))

@@ -8,14 +8,16 @@ floor and stored with every flag, so an officer can audit each decision in SQL.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from scipy import stats
-
-from models.child_photo import ChildPhotoClassifier, ChildPhotoConfig, photo_inputs, view_block
+# models.child_photo (torch) and scipy are imported where used: a run whose guard inputs
+# are unchanged loads the saved guard and needs neither to start.
 from tasks.compliance_text import classify_many, lexicon_version
 from tasks.config import SEED
 from tasks.evaluate import precision_recall_at, roc_auc
@@ -54,6 +56,9 @@ class PhotoGuard:
     threshold: float
     cv: dict[str, float]
     view: str = ""
+    fingerprint: str = ""   # guard_fingerprint of what it was fitted on
+    reused: bool = False    # this run loaded it instead of fitting it
+    fitted_in: str = ""     # run_id of the run that fitted it
 
     def score(self, x: np.ndarray) -> np.ndarray:
         return self.classifier.predict(x)
@@ -66,6 +71,8 @@ class PhotoGuard:
 
     @classmethod
     def from_state_dict(cls, d: dict[str, np.ndarray], view: str = "") -> "PhotoGuard":
+        from models.child_photo import ChildPhotoClassifier
+
         return cls(ChildPhotoClassifier.from_state_dict(d), float(np.asarray(d["threshold"]).reshape(-1)[0]), {}, view)
 
 
@@ -75,6 +82,8 @@ def recall_lower_bound(n_pos: int, missed: int, confidence: float = THRESHOLD_CO
         return 0.0
     if missed >= n_pos:
         return 0.0
+    from scipy import stats
+
     return float(stats.beta.ppf(1.0 - confidence, n_pos - missed, missed + 1))
 
 
@@ -113,6 +122,8 @@ def stratified_folds(label: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def _fit(x: np.ndarray, y: np.ndarray, config: ChildPhotoConfig) -> ChildPhotoClassifier:
+    from models.child_photo import ChildPhotoClassifier
+
     if y.min() == y.max():  # one class only: nothing to separate; score everything alike
         d = x.shape[1]
         return ChildPhotoClassifier(np.zeros(d, np.float32), np.ones(d, np.float32), np.zeros(d, np.float32),
@@ -123,12 +134,15 @@ def _fit(x: np.ndarray, y: np.ndarray, config: ChildPhotoConfig) -> ChildPhotoCl
 def train_photo_guard(x: np.ndarray, label: np.ndarray, folds: int = CV_FOLDS, repeats: int = CV_REPEATS,
                       seed: int = SEED, recall: float = LEGAL_RECALL_FLOOR,
                       confidence: float = THRESHOLD_CONFIDENCE,
-                      config: ChildPhotoConfig = ChildPhotoConfig()) -> PhotoGuard:
+                      config: ChildPhotoConfig | None = None) -> PhotoGuard:
     """Fit on all train photos; pick the threshold out of fold (``repeats`` x ``folds``-fold CV).
 
     ``x`` are ``photo_inputs`` rows of the train photos, ``label`` whether each shows a child.
     The test photos never enter: neither the fit nor the threshold sees them.
     """
+    from models.child_photo import ChildPhotoConfig
+
+    config = config or ChildPhotoConfig()
     label = np.asarray(label).astype(np.float32)
     k = max(2, min(folds, int(label.sum()), int((1 - label).sum()))) if 0 < label.sum() < len(label) else folds
     oof = np.zeros(len(x), dtype=np.float64)
@@ -149,14 +163,63 @@ def train_photo_guard(x: np.ndarray, label: np.ndarray, folds: int = CV_FOLDS, r
     return PhotoGuard(_fit(x, label, config), threshold, cv)
 
 
-# ---------------------------------------------------------------- Prefect tasks
+# Bump when what a saved guard means changes, so older fits are never reused.
+GUARD_FORMAT = 1
 
-from pathlib import Path  # noqa: E402
+
+def guard_fingerprint(x: np.ndarray, label: np.ndarray, view: str) -> str:
+    """Hash of everything a fit depends on: the inputs, the labels, the view names and settings.
+
+    Equal fingerprints give the same guard (the fit is deterministic), so it is reused.
+    """
+    from dataclasses import asdict
+
+    from models.child_photo import ChildPhotoConfig
+
+    h = hashlib.sha256(f"guard {GUARD_FORMAT}|{view}|{x.shape}|".encode())
+    h.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(label, dtype=np.float32).tobytes())
+    settings = {"folds": CV_FOLDS, "repeats": CV_REPEATS, "seed": SEED, "recall": LEGAL_RECALL_FLOOR,
+                "confidence": THRESHOLD_CONFIDENCE, "config": asdict(ChildPhotoConfig())}
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def guard_bytes(guard: PhotoGuard, run_id: str, fingerprint: str) -> bytes:
+    """The guard as safetensors; ``b64`` keeps the bias exactly, so a reused guard scores
+    bit for bit like the fit it came from (the classifier's own state holds float32)."""
+    from safetensors.numpy import save
+
+    tensors = {**guard.state_dict(), "b64": np.array([guard.classifier.b], dtype=np.float64)}
+    return save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                metadata={"run_id": run_id, "inputs": guard.view, "threshold": repr(guard.threshold),
+                          "fingerprint": fingerprint, "cv": json.dumps(guard.cv)})
+
+
+def load_guard(path: Path) -> PhotoGuard | None:
+    """A guard saved by ``guard_bytes``, or None if the file is missing or unreadable."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), "np") as f:
+            meta = f.metadata() or {}
+        guard = PhotoGuard.from_state_dict(tensors, meta.get("inputs", ""))
+        guard.classifier.b = float(tensors["b64"].reshape(-1)[0])
+        guard.cv = {k: float(v) for k, v in json.loads(meta["cv"]).items()}
+        guard.fitted_in = meta["run_id"]
+    except Exception:  # noqa: BLE001  (an unreadable or older file is refitted, never fatal)
+        return None
+    return guard
+
+
+# ---------------------------------------------------------------- Prefect tasks
 
 from prefect import get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from tasks.load import append_run_rows  # noqa: E402
+from tasks.load import append_run_rows, record_stage  # noqa: E402
 from tasks.warehouse import connect  # noqa: E402
 
 
@@ -186,11 +249,12 @@ def photo_guard_task(db: Path, run_id: str, images, data_dir: Path, emb_root: Pa
     """Learn 'shows a child' on train photos, flag every gallery photo, audit both.
 
     Inputs per photo: the relevance tower's 260 px Lite2 view (``images``) and the guard's
-    own 448 px Lite0 view (``tasks/photo_views.py``, cached under ``emb_root``).  The
-    fitted guard is saved to ``models_dir/photo_guard/<run_id>.safetensors``.
+    own 448 px Lite0 view (``tasks/photo_views.py``, cached under ``emb_root``).  A fit is
+    kept as ``models_dir/photo_guard/fit-<fingerprint>.safetensors`` and reused while its
+    inputs, labels and settings are unchanged; each run's guard is also saved as
+    ``models_dir/photo_guard/<run_id>.safetensors``.  The gallery is scored every run.
     """
-    from safetensors.numpy import save
-
+    from models.child_photo import photo_inputs, view_block
     from tasks.photo_views import compute_views
     from tasks.warehouse import atomic_write_bytes
 
@@ -218,9 +282,18 @@ def photo_guard_task(db: Path, run_id: str, images, data_dir: Path, emb_root: Pa
                             view_block(views["features"][rows], views["logits"][rows], views["max_features"][rows]))
 
     names = gallery["image"].to_list()
-    guard = train_photo_guard(inputs("train", train["image"].to_list(), slice(0, train.height)),
-                              train["child"].to_numpy().astype(np.float32))
-    guard.view = f"{images.encoder} + {view_name}"
+    x_train = inputs("train", train["image"].to_list(), slice(0, train.height))
+    y_train = train["child"].to_numpy().astype(np.float32)
+    view = f"{images.encoder} + {view_name}"
+    fingerprint = guard_fingerprint(x_train, y_train, view)
+    fitted_path = Path(models_dir) / "photo_guard" / f"fit-{fingerprint}.safetensors"
+    # Same inputs, labels and settings give the same fit: reuse it (16 fits otherwise).
+    guard = load_guard(fitted_path) if fitted_path.exists() else None
+    reused = guard is not None
+    if guard is None:
+        guard = train_photo_guard(x_train, y_train)
+        guard.fitted_in = run_id
+    guard.view = view
     score = (guard.score(inputs("test", names, slice(train.height, None))) if names
              else np.zeros(0, np.float64))
     restricted = guard.restricted(score)
@@ -238,13 +311,17 @@ def photo_guard_task(db: Path, run_id: str, images, data_dir: Path, emb_root: Pa
         test = {"roc_auc": roc_auc(ss, ys), **precision_recall_at(ss, ys, guard.threshold)}
         metrics += [{"head": "guard", "protocol": "test_photos_caption_labels", "metric": k, "value": float(v)}
                     for k, v in test.items()]
-    atomic_write_bytes(save({k: np.ascontiguousarray(v) for k, v in guard.state_dict().items()},
-                            metadata={"run_id": run_id, "inputs": guard.view, "threshold": repr(guard.threshold)}),
-                       Path(models_dir) / "photo_guard" / f"{run_id}.safetensors")
+    blob = guard_bytes(guard, guard.fitted_in, fingerprint)
+    if not reused:
+        atomic_write_bytes(blob, fitted_path)
+    atomic_write_bytes(blob, Path(models_dir) / "photo_guard" / f"{run_id}.safetensors")
     with connect(db) as con:
         append_run_rows(con, "photo_flags", run_id, flags)
+        record_stage(con, run_id, "photo_guard", fingerprint, guard.fitted_in if reused else None)
         append_run_rows(con, "model_metrics", run_id, pl.DataFrame(metrics).with_columns(
             pl.lit(run_id).alias("run_id"), pl.lit("photo_guard").alias("component")))
-    get_run_logger().info("photo guard: %d views computed, threshold %.4f, %d of %d gallery photos restricted, %s",
+    get_run_logger().info("photo guard (%s, %s): %d views computed, threshold %.4f, %d of %d gallery photos "
+                          "restricted, %s", fingerprint, "inputs unchanged: reused" if reused else "fitted",
                           n_computed, guard.threshold, int(restricted.sum()), len(names), guard.cv)
+    guard.fingerprint, guard.reused = fingerprint, reused
     return guard

@@ -59,12 +59,23 @@ def format_summary(s: dict) -> str:
     for (comp, protocol, metric), v in zip(HEADLINE, s["headline"]):
         lines.append(f"  {protocol:<26} {metric:<22} {v if v is None else round(v, 4)}")
     lines.append(f"  results: {s['results']}")
+    if s.get("stage_seconds"):
+        lines.append("  seconds by stage: " + ", ".join(f"{k} {v:.1f}" for k, v in s["stage_seconds"].items()))
+    if s.get("reused"):
+        lines.append("  stages: " + ", ".join(f"{k} {'reused from ' + v if v else 'computed'}"
+                                               for k, v in s["reused"].items()))
     return "\n".join(lines)
+
+
+def con_rows(db: Path, sql: str, params: list) -> list[tuple]:
+    with connect(db) as con:
+        return con.execute(sql, params).fetchall()
 
 
 @task(name="finish-run", cache_policy=NO_CACHE)
 def finish_run_task(db: Path, run_id: str, wh: Warehouse, ledger: pl.DataFrame, flags: dict, images, texts,
-                    model, guard, results: pl.DataFrame, wall_seconds: float) -> dict:
+                    model, guard, results: pl.DataFrame, wall_seconds: float,
+                    stage_seconds: dict[str, float] | None = None) -> dict:
     with connect(db) as con:
         metrics = con.execute("SELECT component, head, protocol, metric, value FROM model_metrics "
                               "WHERE run_id = ? ORDER BY component, protocol, head, metric", [run_id]).pl()
@@ -92,6 +103,10 @@ def finish_run_task(db: Path, run_id: str, wh: Warehouse, ledger: pl.DataFrame, 
                     "blocked_queries": int(results["rank"].is_null().sum()),
                     "shown_rows": shown.height, "hidden_photo_rows": int((~results["shown"]).sum()
                                                                           - results["rank"].is_null().sum())},
+        # Seconds per stage up to this one (flows/reindex.py), and which stages reused earlier output.
+        "stage_seconds": stage_seconds or {},
+        "reused": dict(con_rows(db, "SELECT stage, reused_from FROM run_stages WHERE run_id = ? ORDER BY stage",
+                                [run_id])),
     }
     card = {"run_id": run_id, "head": model.head, "selection": "expert_kendall_tau_c out of fold",
             "fingerprint": model.fingerprint, "image_encoder": images.encoder, "text_encoder": texts.encoder,

@@ -40,6 +40,9 @@ MAX_RAW_CHARS = 2_000
 # MPO is the JPEG variant some cameras write (a JPEG with a second preview image).
 READABLE_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "BMP"}
 PHOTO_DIRS = {"train": "train_images", "test": "test_images"}
+# Part of every photo's stat key: a change to what validation checks re-checks every photo.
+VALIDATION_RULES = hashlib.sha256(
+    f"{MAX_PIXELS}|{MAX_PHOTO_BYTES}|{sorted(READABLE_FORMATS)}|draft-decode+exif|v1".encode()).hexdigest()[:8]
 
 SAFE_NAME = re.compile(r"^[^./\\\x00-\x1f][^/\\\x00-\x1f]*$")
 QUERY_ID = re.compile(r"^(?P<image>[^#]+)#(?P<n>[0-9]+)$")
@@ -105,6 +108,22 @@ class PhotoCheck:
     height: int | None
     format: str | None
     problem: str | None
+    # size:mtime_ns:ctime_ns:inode:rules of the file as read; None when it was not read.
+    stat_key: str | None = None
+
+
+# A previous run's checks by (split, image): reused when the file's stat key is unchanged.
+KnownPhotos = dict[tuple[str, str], PhotoCheck]
+
+
+def stat_key(st) -> str:
+    """What must stay equal for an earlier check of a file to still hold.
+
+    ctime and inode change whenever the file is written, replaced, renamed over or
+    copied (even by tools that restore mtime), so a file is re-read unless it is the
+    very same file, untouched, checked under the same rules.
+    """
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{VALIDATION_RULES}"
 
 
 def check_photo_name(name: str) -> str | None:
@@ -125,8 +144,12 @@ def not_found(name: str, split: str) -> str:
     return f"image '{name}' not found in {PHOTO_DIRS[split]}/"
 
 
-def inspect_photo(data_dir: Path, split: str, name: str) -> PhotoCheck:
-    """Validate one photo without ever reading outside ``data_dir``."""
+def inspect_photo(data_dir: Path, split: str, name: str, known: KnownPhotos | None = None) -> PhotoCheck:
+    """Validate one photo without ever reading outside ``data_dir``.
+
+    ``known``: earlier checks; one whose stat key equals the file's is returned as is
+    (path containment and the stat are always redone; the bytes are not re-read).
+    """
     shown = _printable_name(name)
     rel = f"{PHOTO_DIRS[split]}/{shown}"
 
@@ -160,6 +183,9 @@ def inspect_photo(data_dir: Path, split: str, name: str) -> PhotoCheck:
     if st.st_size > MAX_PHOTO_BYTES:
         return bad(f"image '{name}' is {st.st_size:,} bytes, over the {MAX_PHOTO_BYTES:,}-byte limit",
                    bytes=st.st_size)
+    key = stat_key(st)
+    if known and (prev := known.get((split, name))) is not None and prev.stat_key == key and prev.path == rel:
+        return prev
     try:
         data = real.read_bytes()
     except OSError as exc:
@@ -167,7 +193,8 @@ def inspect_photo(data_dir: Path, split: str, name: str) -> PhotoCheck:
     if not data:
         return bad(f"image '{name}' is empty (0 bytes)", bytes=0)
     sha = hashlib.sha256(data).hexdigest()
-    seen = dict(bytes=len(data), sha256=sha)
+    # Read in full now: the verdict below depends on these bytes only (and on the rules).
+    seen = dict(bytes=len(data), sha256=sha, stat_key=key if len(data) == st.st_size else None)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -214,8 +241,10 @@ def _photo_folder(data_dir: Path, folder: str) -> Path:
     return d
 
 
-def register_photos(data_dir: Path, referenced: dict[str, set[str]]) -> list[PhotoCheck]:
-    """Every file in the photo folders plus every photo a row names, each checked once."""
+def register_photos(data_dir: Path, referenced: dict[str, set[str]], known: KnownPhotos | None = None
+                    ) -> list[PhotoCheck]:
+    """Every file in the photo folders plus every photo a row names, each checked once
+    (unchanged files by their earlier check, see ``inspect_photo``)."""
     checks = []
     for split, folder in PHOTO_DIRS.items():
         d = _photo_folder(data_dir, folder)
@@ -230,7 +259,7 @@ def register_photos(data_dir: Path, referenced: dict[str, set[str]]) -> list[Pho
                                          None, None, None, None, None,
                                          f"hidden file '{_printable_name(name)}' is not read as a photo"))
             else:
-                checks.append(inspect_photo(data_dir, split, name))
+                checks.append(inspect_photo(data_dir, split, name, known))
     return checks
 
 
@@ -609,8 +638,11 @@ def _check_data_dir(data_dir: Path) -> None:
                               f"{', '.join(s.file for s in SOURCES)}, train_images/ and test_images/)")
 
 
-def ingest(data_dir: Path) -> IngestResult:
-    """Read, validate and type everything under ``data_dir``; never reads outside it."""
+def ingest(data_dir: Path, known: KnownPhotos | None = None) -> IngestResult:
+    """Read, validate and type everything under ``data_dir``; never reads outside it.
+
+    ``known``: the previous run's photo checks (``known_photos``); unchanged files keep them.
+    """
     data_dir = Path(data_dir)
     _check_data_dir(data_dir)
     parsed = [parse_source(data_dir, spec) for spec in SOURCES]
@@ -623,7 +655,7 @@ def ingest(data_dir: Path) -> IngestResult:
         for r in p.rows:
             for _, split, name in _refs(p.spec, r[2]):
                 referenced.setdefault(split, set()).add(name)
-    checks = register_photos(data_dir, referenced)
+    checks = register_photos(data_dir, referenced, known)
     for split, folder in PHOTO_DIRS.items():
         mine = [c for c in checks if c.split == split]
         if all(c.problem for c in mine):
@@ -662,7 +694,7 @@ def ingest(data_dir: Path) -> IngestResult:
         [c.__dict__ for c in checks],
         schema={"image": pl.String, "split": pl.String, "path": pl.String, "bytes": pl.Int64,
                 "sha256": pl.String, "width": pl.Int32, "height": pl.Int32, "format": pl.String,
-                "problem": pl.String},
+                "problem": pl.String, "stat_key": pl.String},
         orient="row",
     )
     quarantine = pl.DataFrame(
@@ -691,10 +723,32 @@ def _transient(task, task_run, state) -> bool:
     return False
 
 
+def known_photos(db: Path | None) -> KnownPhotos:
+    """The photo checks in ``db``'s raw_photos (the previous run's), by (split, image)."""
+    if db is None or not Path(db).exists():
+        return {}
+    from tasks.warehouse import connect
+
+    with connect(db) as con:
+        cols = {r[0] for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'raw_photos'").fetchall()}
+        if "stat_key" not in cols:  # a warehouse from before stat keys: check everything once
+            return {}
+        rows = con.execute("SELECT * FROM raw_photos WHERE stat_key IS NOT NULL").pl()
+    fields = PhotoCheck.__dataclass_fields__
+    return {(r["split"], r["image"]): PhotoCheck(**{k: r[k] for k in fields}) for r in rows.iter_rows(named=True)}
+
+
 @task(name="ingest", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, cache_policy=NO_CACHE)
-def ingest_task(data_dir: Path) -> IngestResult:
-    result = ingest(data_dir)
+def ingest_task(data_dir: Path, db: Path | None = None) -> IngestResult:
+    """Read and validate the data folder; photos unchanged since the run in ``db`` are not re-read."""
+    known = known_photos(db)
+    result = ingest(data_dir, known)
     log = get_run_logger()
+    reused = sum(1 for (split, image, key) in result.photos.select("split", "image", "stat_key").iter_rows()
+                 if key is not None and (p := known.get((split, image))) is not None and p.stat_key == key)
+    log.info("photos: %d checked, %d unchanged since the last run (not re-read)",
+             result.photos.height - reused, reused)
     for note in result.notes:
         log.warning("%s", note)
     for row in result.ledger.iter_rows(named=True):

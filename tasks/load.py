@@ -10,7 +10,7 @@ import polars as pl
 from tasks.warehouse import SQL_DIR, build_model, connect, read_sql
 
 HISTORY_TABLES = ["runs", "ingest_ledger", "quarantine", "text_flags", "photo_flags",
-                  "model_metrics", "search_results"]
+                  "model_metrics", "search_results", "run_stages"]
 STAGING_MODELS = ["staging/stg_captions", "staging/stg_expert_judgments", "staging/stg_crowd_judgments",
                   "staging/stg_test_queries", "staging/stg_photos"]
 # Order matters: each model reads the ones before it (and this run's text_flags).
@@ -43,6 +43,35 @@ def append_run_rows(con: duckdb.DuckDBPyConnection, table: str, run_id: str, fra
             con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _frame")
         finally:
             con.unregister("_frame")
+
+
+def fingerprint(*parts) -> str:
+    """A short stable hash of JSON-able parts (lists, dicts, strings, numbers)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def earlier_run_with(con: duckdb.DuckDBPyConnection, stage: str, fp: str, run_id: str) -> str | None:
+    """The newest published run whose ``stage`` had input fingerprint ``fp`` (its output can be reused)."""
+    row = con.execute("""
+        SELECT s.run_id FROM run_stages s JOIN runs r USING (run_id)
+        WHERE s.stage = ? AND s.fingerprint = ? AND s.run_id <> ? AND r.finished_at IS NOT NULL
+        ORDER BY s.run_id DESC LIMIT 1""", [stage, fp, run_id]).fetchone()
+    return row[0] if row else None
+
+
+def record_stage(con: duckdb.DuckDBPyConnection, run_id: str, stage: str, fp: str, reused_from: str | None) -> None:
+    con.execute("DELETE FROM run_stages WHERE run_id = ? AND stage = ?", [run_id, stage])
+    con.execute("INSERT INTO run_stages VALUES (?, ?, ?, ?)", [run_id, stage, fp, reused_from])
+
+
+def copy_run_rows(con: duckdb.DuckDBPyConnection, table: str, src_run: str, run_id: str, where: str = "true") -> None:
+    """An earlier run's rows of a history table (those matching ``where``) as this run's."""
+    con.execute(f"DELETE FROM {table} WHERE run_id = ? AND ({where})", [run_id])
+    con.execute(f"INSERT INTO {table} BY NAME SELECT * REPLACE (?::VARCHAR AS run_id) FROM {table} "
+                f"WHERE run_id = ? AND ({where})", [run_id, src_run])
 
 
 def build_models(db: Path, run_id: str, names: list[str]) -> None:

@@ -76,7 +76,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from tasks import retrieval  # noqa: E402
 from tasks.distributed import ShardConfig  # noqa: E402
-from tasks.load import append_run_rows  # noqa: E402
+from tasks.load import append_run_rows, copy_run_rows, earlier_run_with, fingerprint, record_stage  # noqa: E402
 from tasks.retrieval import RetrievalConfig  # noqa: E402
 from tasks.warehouse import connect  # noqa: E402
 
@@ -108,6 +108,10 @@ def rank_queries(tr, db: Path, run_id: str, images, texts, model, top_k: int, in
     Runs in the flow: builds (or reuses) the gallery index, maps ``rank_shard`` over
     query shards on ``tr``, writes search_results, and records how much of each head's
     full top-10 the first stage kept (model_metrics, protocol 'first_stage').
+
+    When nothing the results depend on changed since an earlier published run (same
+    model and head, same gallery photos and their guard verdicts, same queries and
+    verdicts, same k and retrieval settings), that run's results are this run's too.
     """
     from prefect import unmapped
 
@@ -128,6 +132,19 @@ def rank_queries(tr, db: Path, run_id: str, images, texts, model, top_k: int, in
     blocked = q["blocked"].to_list()
     gallery = photos["image"].to_list()
     k = min(top_k, len(gallery))
+    from dataclasses import asdict
+
+    fp = fingerprint("rank v1", model.fingerprint, model.head, images.encoder, texts.encoder, k, asdict(config),
+                     q.rows(), photos.rows())
+    with connect(db) as con:
+        if (prev := earlier_run_with(con, "rank", fp, run_id)) is not None:
+            copy_run_rows(con, "search_results", prev, run_id)
+            copy_run_rows(con, "model_metrics", prev, run_id, "protocol = 'first_stage'")
+            record_stage(con, run_id, "rank", fp, prev)
+            results = con.execute("SELECT * FROM search_results WHERE run_id = ? ORDER BY query_id, rank NULLS FIRST",
+                                  [run_id]).pl()
+            log.info("results: inputs unchanged since run %s (%s): its %d rows reused", prev, fp, results.height)
+            return results
     idx = np.zeros((q.height, k), np.int64)
     top = np.zeros((q.height, k), np.float32)
     allowed = [i for i, b in enumerate(blocked) if not b]
@@ -162,6 +179,7 @@ def rank_queries(tr, db: Path, run_id: str, images, texts, model, top_k: int, in
                             photos["restricted"].to_numpy(), idx, top)
     with connect(db) as con:
         append_run_rows(con, "search_results", run_id, results)
+        record_stage(con, run_id, "rank", fp, None)
         con.execute("DELETE FROM model_metrics WHERE run_id = ? AND protocol = 'first_stage'", [run_id])
         if metrics:
             con.register("_m", pl.DataFrame(metrics).with_columns(

@@ -296,6 +296,7 @@ def load_model(folder: Path) -> FittedModel:
 from prefect import get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from tasks.load import earlier_run_with, record_stage  # noqa: E402
 from tasks.warehouse import connect  # noqa: E402
 
 
@@ -319,11 +320,13 @@ def train_heads_task(db: Path, run_id: str, images, texts, models_root: Path, he
     ts = load_training_set(db, images, texts, config)
     fingerprint = hashlib.sha256(f"{ts.fingerprint(config)}|{images.encoder}|{texts.encoder}".encode()).hexdigest()[:16]
     folder = models_root / fingerprint
-    if (folder / "card.json").exists():
+    reused = (folder / "card.json").exists()
+    if reused:
         model = load_model(folder)
         card = json.loads((folder / "card.json").read_text())
         metrics = card["metrics"]
-        log.info("training data unchanged (%s): heads reused", fingerprint)
+        fitted_in = card.get("fitted_in_run")
+        log.info("training data unchanged (%s): heads reused (fitted in run %s)", fingerprint, fitted_in)
     else:
         started = time.perf_counter()
         metrics = agreement_table(ts, cross_validate(ts, config), "oof_grouped_by_photo")
@@ -334,7 +337,7 @@ def train_heads_task(db: Path, run_id: str, images, texts, models_root: Path, he
                 "image_encoder": images.encoder, "text_encoder": texts.encoder,
                 "data": {"pairs": int(len(ts.target)), "photos": int(len(ts.img)), "texts": int(len(ts.txt)),
                          "bridge_positives": int(len(ts.pos_img))},
-                "train_seconds": round(seconds, 2), "metrics": metrics}
+                "train_seconds": round(seconds, 2), "fitted_in_run": run_id, "metrics": metrics}
         save_model(model, folder, card)
         log.info("heads trained (%s) in %.1f s, chosen on training folds: %s", fingerprint, seconds, model.head)
     if head != "auto":
@@ -349,4 +352,8 @@ def train_heads_task(db: Path, run_id: str, images, texts, models_root: Path, he
                                                            pl.lit("relevance").alias("component")))
         con.execute("INSERT INTO model_metrics BY NAME SELECT * FROM _m")
         con.unregister("_m")
+        # Cards saved before run_stages existed do not name their run: the newest run that used them.
+        reused_from = ((fitted_in or earlier_run_with(con, "relevance_heads", fingerprint, run_id) or "unknown")
+                       if reused else None)
+        record_stage(con, run_id, "relevance_heads", fingerprint, reused_from)
     return model

@@ -81,8 +81,9 @@ def sorted_frame(df: pl.DataFrame) -> pl.DataFrame:
 
 def current_tables(db: Path) -> dict[str, pl.DataFrame]:
     """Every non-history table, i.e. what a run replaces wholesale."""
+    # run_stages is history too, and differs on purpose: a rerun records what it reused.
     names = query(db, "SELECT table_name FROM duckdb_tables() WHERE table_name NOT IN "
-                      f"({', '.join(repr(t) for t in [*HISTORY, 'runs'])}) ORDER BY 1")["table_name"]
+                      f"({', '.join(repr(t) for t in [*HISTORY, 'runs', 'run_stages'])}) ORDER BY 1")["table_name"]
     return {n: sorted_frame(query(db, f'SELECT * FROM "{n}"')) for n in names}
 
 
