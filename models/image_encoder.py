@@ -51,6 +51,7 @@ The normalisation and the NHWC -> NCHW transpose live inside the model (``_Encod
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import warnings
@@ -58,6 +59,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib.metadata import version
 from itertools import islice
 from pathlib import Path
 
@@ -65,8 +67,6 @@ import numpy as np
 from PIL import Image, ImageOps
 
 import models  # noqa: F401  (torchvision compat shim; must precede torch-ecosystem imports)
-import torch
-from torch import nn
 
 NATIVE_SIZE = {"lite0": 224, "lite2": 260}
 MEAN, STD = 127.0, 128.0  # EfficientNet-Lite (TF) input normalisation on 0..255 pixels
@@ -87,7 +87,8 @@ class ImageEncoderConfig:
     workers: int = 2  # batches decoded + encoded concurrently: the number of physical cores
     threads: int = 1  # intra-op threads per forward (cores used = workers x threads)
     backend: str = "onnx"  # 'onnx' (fast) | 'torch' (reference)
-    precision: str = "fp32"  # 'fp32' | 'int8' (onnx only; needs calibration photos)
+    precision: str = "fp32"  # 'fp32' | 'int8' (onnx only; calibrated once, see ``quantize_int8``)
+    max_pool: bool = False  # also return the max-pooled head activations ('max_features')
 
     def __post_init__(self):
         for field, value, allowed in [("variant", self.variant, tuple(NATIVE_SIZE)),
@@ -103,6 +104,10 @@ class ImageEncoderConfig:
     @property
     def size(self) -> int:
         return self.image_size or NATIVE_SIZE[self.variant]
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return ("features", "max_features", "logits") if self.max_pool else ("features", "logits")
 
 
 # -----------------------------------------------------------------------------
@@ -125,14 +130,21 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def preprocess(img: Image.Image, size: int = NATIVE_SIZE["lite2"]) -> np.ndarray:
-    """PIL image -> uint8 array [size, size, 3] (RGB, HWC): upright, whole photo, bicubic."""
+def _upright_rgb(img: Image.Image) -> Image.Image:
     if img.getexif().get(0x0112, 1) != 1:  # EXIF Orientation; skip the copy when upright
         img = ImageOps.exif_transpose(img)
-    img = to_rgb(img)
+    return to_rgb(img)
+
+
+def _resize(img: Image.Image, size: int) -> np.ndarray:
     if img.size != (size, size):
         img = img.resize((size, size), RESAMPLE)
     return np.asarray(img, dtype=np.uint8)
+
+
+def preprocess(img: Image.Image, size: int = NATIVE_SIZE["lite2"]) -> np.ndarray:
+    """PIL image -> uint8 array [size, size, 3] (RGB, HWC): upright, whole photo, bicubic."""
+    return _resize(_upright_rgb(img), size)
 
 
 def load(src: ImageLike, size: int = NATIVE_SIZE["lite2"]) -> np.ndarray:
@@ -143,6 +155,28 @@ def load(src: ImageLike, size: int = NATIVE_SIZE["lite2"]) -> np.ndarray:
     with Image.open(src) as img:
         img.draft("RGB", (size, size))
         return preprocess(img, size)
+
+
+def _draft_scale(wh: tuple[int, int], size: int) -> int:
+    """The 1/scale libjpeg decodes at after ``draft('RGB', (size, size))`` (PIL's own rule)."""
+    fits = min(wh[0] // size, wh[1] // size)
+    return next(s for s in (8, 4, 2, 1) if fits >= s or s == 1)
+
+
+def load_views(src: ImageLike, sizes: Sequence[int]) -> list[np.ndarray]:
+    """``[load(src, s) for s in sizes]``, bit for bit, decoding the photo once per distinct
+    draft scale.  At 260 and 448 px the scales agree for photos whose short side is < 520 px
+    (all 1100 photos here: decoded once) and differ for short sides in [520, 896), [1040,
+    1792) or [2080, 3584) (decoded twice, so the arrays stay exactly ``load``'s)."""
+    if isinstance(src, Image.Image):
+        img = _upright_rgb(src)
+        return [_resize(img, s) for s in sizes]
+    with Image.open(src) as img:
+        if img.format != "JPEG" or len({_draft_scale(img.size, s) for s in sizes}) == 1:
+            img.draft("RGB", (max(sizes), max(sizes)))  # a no-op for other formats, as in load
+            upright = _upright_rgb(img)
+            return [_resize(upright, s) for s in sizes]
+    return [load(src, s) for s in sizes]  # different draft scales: one decode per size
 
 
 # -----------------------------------------------------------------------------
@@ -167,24 +201,31 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class _Encoder(nn.Module):
-    """uint8 NHWC pixels -> (pooled features, logits): the package's forward, split in two."""
+def encoder_module(variant: str, size: int, max_pool: bool = False):
+    """The torch module: uint8 NHWC pixels -> (mean-pooled features, [max-pooled features,]
+    logits of the mean), i.e. the package's forward split in two.  torch is imported here
+    only: the ONNX backend never needs it once the export is cached."""
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+    from torch import nn
 
-    def __init__(self, variant: str, size: int):
-        super().__init__()
-        from efficientnet_lite_pytorch import EfficientNet
+    class _Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            # = from_pretrained(name, weights_path=...), minus its print and its lenient loading
+            net = EfficientNet.from_name(f"efficientnet-{variant}", image_size=size)
+            state = torch.load(weights_path(variant), map_location="cpu", weights_only=True)
+            net.load_state_dict(state, strict=True)
+            self.net = net.eval()
 
-        # = from_pretrained(name, weights_path=...), minus its print and its lenient loading
-        net = EfficientNet.from_name(f"efficientnet-{variant}", image_size=size)
-        state = torch.load(weights_path(variant), map_location="cpu", weights_only=True)
-        net.load_state_dict(state, strict=True)
-        self.net = net.eval()
+        def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            x = (pixels.permute(0, 3, 1, 2).float() - MEAN) / STD
+            fmap = self.net.extract_features(x)  # stem, MBConv blocks, head conv + BN + ReLU6
+            feats = fmap.mean(dim=(2, 3))  # = the package's AdaptiveAvgPool2d(1) + flatten
+            logits = self.net._fc(feats)  # (dropout is the identity in eval mode)
+            return (feats, fmap.amax(dim=(2, 3)), logits) if max_pool else (feats, logits)
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (pixels.permute(0, 3, 1, 2).float() - MEAN) / STD
-        x = self.net.extract_features(x)  # stem, MBConv blocks, head conv + BN + ReLU6
-        feats = x.mean(dim=(2, 3))  # = the package's AdaptiveAvgPool2d(1) + flatten
-        return feats, self.net._fc(feats)  # (dropout is the identity in eval mode)
+    return _Encoder().eval()
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -201,38 +242,73 @@ def _atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def export_onnx(variant: str, size: int, path: Path) -> None:
-    """Export ``_Encoder`` (dynamic batch, uint8 NHWC input) to ``path``, atomically."""
-    module = _Encoder(variant, size).eval()
+def export_onnx(variant: str, size: int, path: Path, max_pool: bool = False) -> None:
+    """Export ``encoder_module`` (dynamic batch, uint8 NHWC input) to ``path``, atomically."""
+    import torch
+
+    module = encoder_module(variant, size, max_pool)
     example = torch.zeros(1, size, size, 3, dtype=torch.uint8)
+    outputs = ["features", "max_features", "logits"] if max_pool else ["features", "logits"]
 
     def write(tmp: str) -> None:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript-exporter deprecation chatter
             torch.onnx.export(
                 module, (example,), tmp, dynamo=False, opset_version=ONNX_OPSET,
-                input_names=["pixels"], output_names=["features", "logits"],
-                dynamic_axes={"pixels": {0: "n"}, "features": {0: "n"}, "logits": {0: "n"}},
+                input_names=["pixels"], output_names=outputs,
+                dynamic_axes={n: {0: "n"} for n in ["pixels", *outputs]},
                 do_constant_folding=True,  # folds every BatchNorm into its convolution
             )
 
     _atomic_write(path, write)
 
 
-def quantize_int8(fp32_path: Path, path: Path, calibration: list[np.ndarray]) -> None:
-    """Static int8 quantisation (QDQ; per-channel int8 weights, uint8 activations, min/max
-    ranges from the ``calibration`` pixel batches) of the fp32 export, written atomically."""
+# int8 recipe (static QDQ): per-channel int8 weights, uint8 activations with min/max ranges.
+# INT8_KEEP_FP32 names nodes left in fp32 (see ``quantize_int8``); bump INT8_FORMAT whenever
+# the recipe changes, so a new int8 model is calibrated instead of the cached one reused.
+INT8_FORMAT = 1
+INT8_KEEP_FP32 = ("stem", "head", "fc")
+CALIBRATION_PHOTOS = 128  # ranges settle by ~100 photos; the calibrator holds a few batches only
+CALIBRATION_BATCH = 4
+
+
+def _int8_excluded(model, keep_fp32: Sequence[str]) -> list[str]:
+    """Node names for ``keep_fp32``: 'stem' (first conv), 'head' (last conv), 'fc' (classifier),
+    'dw' (every depthwise conv)."""
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    groups = {
+        "stem": [n.name for n in convs[:1]],
+        "head": [n.name for n in convs[-1:]],
+        "fc": [n.name for n in model.graph.node if n.op_type in ("Gemm", "MatMul")],
+        "dw": [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)],
+    }
+    return [name for key in keep_fp32 for name in groups[key]]
+
+
+def quantize_int8(fp32_path: Path, path: Path, calibration: Sequence[ImageLike], size: int,
+                  keep_fp32: Sequence[str] = INT8_KEEP_FP32) -> None:
+    """Static int8 quantisation of the fp32 export, calibrated on the ``calibration`` photos
+    (decoded batch by batch, so memory stays flat), written atomically to ``path``."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static,
     )
 
+    photos = list(calibration)
+    batches = [photos[i : i + CALIBRATION_BATCH] for i in range(0, len(photos), CALIBRATION_BATCH)]
+
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter(calibration)
+            self.batches = iter(batches)
 
         def get_next(self):
             batch = next(self.batches, None)
-            return None if batch is None else {"pixels": batch}
+            return None if batch is None else {"pixels": np.stack([load(src, size) for src in batch])}
+
+    # The min/max calibrator keeps every activation of every batch until it reduces them: flush
+    # every few batches (~0.3 GB each at 448 px).  ORT raises if the final flush finds nothing
+    # left, so the flush period must not divide the number of batches.
+    flush = next(k for k in (5, 4, 6, 7, 3) if len(batches) % k) if len(batches) > 1 else 2
 
     def write(tmp: str) -> None:
         with tempfile.TemporaryDirectory(dir=path.parent) as work:
@@ -241,9 +317,18 @@ def quantize_int8(fp32_path: Path, path: Path, calibration: list[np.ndarray]) ->
             quantize_static(
                 pre, tmp, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                nodes_to_exclude=_int8_excluded(onnx.load(pre), keep_fp32),
+                extra_options={"CalibMaxIntermediateOutputs": flush},
             )
 
     _atomic_write(path, write)
+
+
+def photo_hash(src: ImageLike) -> str:
+    """sha256 of a photo file's bytes (what the pipeline keys photos by), or of a PIL image's pixels."""
+    if isinstance(src, Image.Image):
+        return hashlib.sha256(np.asarray(to_rgb(src)).tobytes()).hexdigest()
+    return _sha256(Path(src))
 
 
 # -----------------------------------------------------------------------------
@@ -251,12 +336,17 @@ def quantize_int8(fp32_path: Path, path: Path, calibration: list[np.ndarray]) ->
 
 
 class ImageEncoder:
-    """Photos -> (features [n, 1280], logits [n, 1000]) float32, streamed in batches.
+    """Photos -> {output: float32 [n, d]} ('features' [n, 1280], optional 'max_features'
+    [n, 1280], 'logits' [n, 1000]), streamed in batches.
 
     ``cache_dir`` holds the ONNX export, built on first use and keyed by variant, image size,
-    weights hash and export settings (and, for int8, the calibration pixels and ORT version).
-    ``calibration_images`` (paths or PIL images; ~100 typical photos) is needed only for
-    ``precision='int8'``.
+    weights hash and export settings.  For ``precision='int8'`` it also holds the int8 model,
+    keyed by the fp32 export and the int8 recipe only, *not* by the calibration photos: it is
+    calibrated once, on ``calibration_images`` (paths or PIL images; the pipeline passes a
+    deterministic sample of its photos), and reused as long as the file exists, so adding
+    photos never changes it.  The photos it was calibrated on are listed next to it
+    (``<model>.calibration.json``); ``name`` carries a hash of the int8 file, so a rebuilt
+    model gets a new name and the embedding cache keyed by it starts afresh.
     """
 
     def __init__(
@@ -267,11 +357,15 @@ class ImageEncoder:
     ):
         self.config = config
         self.size = config.size
+        self.outputs = config.outputs
         self.cache_dir = Path(cache_dir)
         self.weights_sha256 = _sha256(weights_path(config.variant))
+        self.model_tag = ""  # int8: a hash of the int8 model file
         if config.backend == "torch":
+            import torch
+
             torch.set_num_threads(config.threads)  # process-wide: torch has no per-model knob
-            self._model = _Encoder(config.variant, self.size).eval()
+            self._model = encoder_module(config.variant, self.size, config.max_pool)
         else:
             self.onnx_path = self._build_onnx(calibration_images)
             self._session = self._onnx_session(self.onnx_path)
@@ -281,43 +375,45 @@ class ImageEncoder:
     def name(self) -> str:
         """What determines the features, e.g. 'efficientnet-lite2@260-whole-bicubic-fp32-w9656183e'
         (the pipeline keys its embedding cache by it).  The backend is left out on purpose: the
-        torch and ONNX fp32 features agree to ~1e-5; int8 features differ, so 'int8' is in."""
+        torch and ONNX fp32 features agree to ~1e-5; int8 features differ, so 'int8' and the
+        int8 model's hash are in, e.g. '...-bicubic-int8m1a2b3c4d-w9656183e'."""
         c = self.config
-        return f"efficientnet-{c.variant}@{self.size}-{PREPROCESSING}-{c.precision}-w{self.weights_sha256[:8]}"
+        pool = "-meanmax" if c.max_pool else ""
+        return (f"efficientnet-{c.variant}@{self.size}-{PREPROCESSING}{pool}-{c.precision}{self.model_tag}"
+                f"-w{self.weights_sha256[:8]}")
 
     @property
     def version(self) -> str:
         """``name`` plus the runtime, e.g. '...-fp32-w9656183e/onnxruntime-1.32.0'."""
         if self.config.backend == "torch":
-            return f"{self.name}/torch-{torch.__version__}"
-        import onnxruntime as ort
-
-        return f"{self.name}/onnxruntime-{ort.__version__}"
+            return f"{self.name}/torch-{version('torch')}"
+        return f"{self.name}/onnxruntime-{version('onnxruntime')}"
 
     # --- ONNX export, quantisation, session
     def _build_onnx(self, calibration_images: Sequence[ImageLike] | None) -> Path:
         c = self.config
-        settings = f"{EXPORT_FORMAT}|{ONNX_OPSET}|{self.size}|{MEAN}|{STD}|{torch.__version__}"
+        pool = "-meanmax" if c.max_pool else ""
+        settings = f"{EXPORT_FORMAT}|{ONNX_OPSET}|{self.size}|{MEAN}|{STD}|{version('torch')}{pool}"
         key = hashlib.sha256(settings.encode()).hexdigest()[:10]
-        stem = f"efficientnet-{c.variant}-{self.size}px-w{self.weights_sha256[:12]}-x{key}"
+        stem = f"efficientnet-{c.variant}-{self.size}px{pool}-w{self.weights_sha256[:12]}-x{key}"
         fp32_path = self.cache_dir / f"{stem}.onnx"
         if not fp32_path.exists():
-            export_onnx(c.variant, self.size, fp32_path)
+            export_onnx(c.variant, self.size, fp32_path, c.max_pool)
         if c.precision == "fp32":
             return fp32_path
 
-        import onnxruntime as ort
-
-        if not calibration_images:
-            raise ValueError("precision='int8' needs calibration_images (~100 typical photos)")
-        calib = [load(src, self.size) for src in calibration_images]
-        h = hashlib.sha256(ort.__version__.encode())
-        for pixels in calib:
-            h.update(pixels.tobytes())
-        int8_path = self.cache_dir / f"{stem}-int8-c{h.hexdigest()[:10]}.onnx"
-        if not int8_path.exists():  # batches of 4: the calibrator holds every activation
-            batches = [np.stack(calib[i : i + 4]) for i in range(0, len(calib), 4)]  # (~1.2 GB)
-            quantize_int8(fp32_path, int8_path, batches)
+        recipe = f"{INT8_FORMAT}|{','.join(INT8_KEEP_FP32)}|{version('onnxruntime')}"
+        int8_path = self.cache_dir / f"{stem}-int8-q{hashlib.sha256(recipe.encode()).hexdigest()[:10]}.onnx"
+        if not int8_path.exists():
+            if not calibration_images:
+                raise ValueError("precision='int8' needs calibration_images to build its int8 model once")
+            photos = list(calibration_images)
+            quantize_int8(fp32_path, int8_path, photos, self.size)
+            listing = {"recipe": recipe, "int8_sha256": _sha256(int8_path),
+                       "calibration_sha256": [photo_hash(src) for src in photos]}
+            _atomic_write(int8_path.with_suffix(".calibration.json"),
+                          lambda tmp: Path(tmp).write_text(json.dumps(listing, indent=1)))
+        self.model_tag = "m" + _sha256(int8_path)[:8]
         return int8_path
 
     def _onnx_session(self, path: Path):
@@ -332,14 +428,20 @@ class ImageEncoder:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
+    def run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 [n, S, S, 3] -> {output: float32 [n, d]} for every name in ``outputs``."""
+        if self.config.backend == "onnx":
+            return dict(zip(self.outputs, self._session.run(list(self.outputs), {"pixels": pixels})))
+        import torch
+
+        with torch.inference_mode():
+            out = self._model(torch.from_numpy(pixels))
+        return {name: t.numpy() for name, t in zip(self.outputs, out)}
+
     def forward(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [n, S, S, 3] -> (features [n, 1280], logits [n, 1000]) float32."""
-        if self.config.backend == "onnx":
-            feats, logits = self._session.run(None, {"pixels": pixels})
-            return feats, logits
-        with torch.inference_mode():
-            feats, logits = self._model(torch.from_numpy(pixels))
-        return feats.numpy(), logits.numpy()
+        out = self.run(pixels)
+        return out["features"], out["logits"]
 
     # --- streaming
     def _encode_batch(self, chunk: list[ImageLike]) -> tuple[np.ndarray, np.ndarray]:
@@ -349,30 +451,8 @@ class ImageEncoder:
         self, images: Iterable[ImageLike], batch_size: int | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (features float32 [n, 1280], logits float32 [n, 1000]) per batch, in input
-        order.  ``images``: PIL images and/or paths, any iterable (consumed lazily).
-
-        ``workers`` threads each take a batch, decode it and run it through the net; one more
-        batch waits in the queue so no worker idles.  At most ``workers + 1`` batches are in
-        flight, so memory does not grow with the number of photos."""
-        it, bs, workers = iter(images), batch_size or self.config.batch_size, self.config.workers
-        with ThreadPoolExecutor(workers, "image-encoder") as pool:
-            pending: deque = deque()
-
-            def submit_next_batch() -> None:
-                chunk = list(islice(it, bs))
-                if chunk:
-                    pending.append(pool.submit(self._encode_batch, chunk))
-
-            try:
-                for _ in range(workers + 1):
-                    submit_next_batch()
-                while pending:
-                    done = pending.popleft().result()
-                    submit_next_batch()
-                    yield done
-            finally:  # consumer stopped early or a photo failed: drop the queued batches
-                for future in pending:
-                    future.cancel()
+        order.  ``images``: PIL images and/or paths, any iterable (consumed lazily)."""
+        return _stream(self._encode_batch, images, batch_size or self.config.batch_size, self.config.workers)
 
     def iter_encode_paths(
         self, paths: Sequence[ImageLike], batch_size: int | None = None
@@ -390,3 +470,48 @@ class ImageEncoder:
         for start, f, lg in self.iter_encode_paths(paths):
             feats[start : start + len(f)], logits[start : start + len(f)] = f, lg
         return feats, logits
+
+
+def _stream(fn, images: Iterable, batch_size: int, workers: int) -> Iterator:
+    """``fn(batch)`` for consecutive batches of ``images``, yielded in input order.
+
+    ``workers`` threads each take a whole batch, decode it and run it through the net(s) on
+    single-threaded sessions; one more batch waits in the queue so no worker idles.  At most
+    ``workers + 1`` batches are in flight, so memory does not grow with the number of photos."""
+    it = iter(images)
+    with ThreadPoolExecutor(workers, "image-encoder") as pool:
+        pending: deque = deque()
+
+        def submit_next_batch() -> None:
+            chunk = list(islice(it, batch_size))
+            if chunk:
+                pending.append(pool.submit(fn, chunk))
+
+        try:
+            for _ in range(workers + 1):
+                submit_next_batch()
+            while pending:
+                done = pending.popleft().result()
+                submit_next_batch()
+                yield done
+        finally:  # consumer stopped early or a photo failed: drop the queued batches
+            for future in pending:
+                future.cancel()
+
+
+def encode_views(
+    encoders: Sequence[ImageEncoder], images: Iterable[ImageLike], batch_size: int | None = None,
+    workers: int | None = None,
+) -> Iterator[list[dict[str, np.ndarray]]]:
+    """One pass for several encoders: yield, per batch in input order, ``[encoder.run(...) for
+    encoder in encoders]``.  Each photo is read and decoded once (``load_views``) and resized
+    to every encoder's size; each worker thread then runs its batch through every network.
+    The same arrays as ``encoders[k].run`` on ``load(photo, encoders[k].size)``, bit for bit."""
+    sizes = [enc.size for enc in encoders]
+    first = encoders[0].config
+
+    def batch(chunk: list[ImageLike]) -> list[dict[str, np.ndarray]]:
+        views = [load_views(src, sizes) for src in chunk]
+        return [enc.run(np.stack([v[k] for v in views])) for k, enc in enumerate(encoders)]
+
+    return _stream(batch, images, batch_size or first.batch_size, workers or first.workers)

@@ -29,6 +29,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from tasks.embed import cached_keys
+
 RUNNERS = ("local", "dask")
 
 
@@ -99,49 +101,39 @@ def shard_bounds(n: int, per_shard: int, min_shards: int = 1) -> list[tuple[int,
 
 
 @task(name="embed-image-shard", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def embed_image_shard(paths: list[str], shas: list[str], folder: str, onnx_cache: str) -> int:
-    """Embed one shard of photos into its own Parquet part(s) of the cache; returns how many."""
-    from tasks.embed import embed_with_cache, image_encoder
+def embed_image_shard(paths: list[str], shas: list[str], emb_root: str, onnx_cache: str) -> int:
+    """Embed one shard of photos, both views in one pass (relevance and photo guard: each
+    photo decoded once), into their own Parquet part(s) of both caches; returns how many."""
+    from tasks.embed import embed_photos, photo_encoders
 
-    enc = image_encoder(Path(onnx_cache))
-
-    def compute(idx: list[int]):
-        for start, feats, logits in enc.iter_encode_paths([paths[i] for i in idx]):
-            yield idx[start : start + len(feats)], {"features": feats, "logits": logits}
-
-    _, n = embed_with_cache(Path(folder), shas, ["features", "logits"], compute)
-    return n
-
-
-def cached_keys(folder: Path) -> set[str]:
-    """Keys already in a cache folder, reading only the key column of its parts."""
-    import pyarrow.dataset as ds
-
-    parts = sorted(folder.glob("part-*.parquet")) if folder.exists() else []
-    if not parts:
-        return set()
-    return set(ds.dataset(parts, format="parquet").to_table(columns=["sha256"]).column(0).to_pylist())
+    # The flow built the ONNX exports (and int8 models) before mapping: here they are only loaded.
+    return embed_photos(paths, shas, Path(emb_root), photo_encoders(Path(onnx_cache)))
 
 
 def fill_image_cache(tr: TaskRunner, db: Path, data_dir: Path, emb_root: Path, onnx_cache: Path,
                      config: ShardConfig = ShardConfig()) -> int:
-    """Embed the valid photos the cache lacks, in mapped shards; returns how many were embedded.
+    """Embed the valid photos either cache lacks (relevance view, guard view), in mapped
+    shards; returns how many photos were embedded.
 
-    Runs in the flow before ``embed_images_task``, which then finds every photo cached.
+    Runs in the flow before ``embed_images_task`` and ``photo_guard_task``, which then find
+    every photo cached.
     """
-    from tasks.embed import encoder_dir, image_encoder
+    from tasks.embed import calibration_sample, encoder_dir, photo_encoders
     from tasks.warehouse import connect
 
     with connect(db) as con:
         photos = con.execute(
             "SELECT path, sha256 FROM stg_photos WHERE is_valid ORDER BY split, image").pl()
-    # Built here once, so the ONNX export exists before the shards (each opens its own session).
-    folder = encoder_dir(emb_root, "image", image_encoder(onnx_cache).name)
-    have = cached_keys(folder)
+    paths = [str(Path(data_dir) / p) for p in photos["path"]]
+    shas_all = photos["sha256"].to_list()
+    # Built here once, so the ONNX exports (and any int8 model, calibrated on a deterministic
+    # sample of these photos) exist before the shards, which each open their own sessions.
+    encoders = photo_encoders(onnx_cache, calibration_sample(paths, shas_all))
+    have = [cached_keys(encoder_dir(emb_root, kind, enc.name)) for kind, enc in encoders.items()]
     todo: dict[str, str] = {}
-    for path, sha in zip(photos["path"], photos["sha256"]):
-        if sha not in have:
-            todo.setdefault(sha, str(Path(data_dir) / path))
+    for path, sha in zip(paths, shas_all):
+        if any(sha not in h for h in have):
+            todo.setdefault(sha, path)
     shas = sorted(todo)
     bounds = shard_bounds(len(shas), config.photos_per_shard, config.min_shards)
     if bounds:
@@ -152,7 +144,7 @@ def fill_image_cache(tr: TaskRunner, db: Path, data_dir: Path, emb_root: Path, o
         futures = tr.map(embed_image_shard, {
             "paths": [[todo[s] for s in shas[a:b]] for a, b in bounds],
             "shas": [shas[a:b] for a, b in bounds],
-            "folder": unmapped(str(folder)), "onnx_cache": unmapped(str(onnx_cache))})
+            "emb_root": unmapped(str(emb_root)), "onnx_cache": unmapped(str(onnx_cache))})
         done = 0
         # Shards may run on other machines: progress is counted here, one shard at a time.
         with Progress(len(shas), "embedding photos", unit="photo", key="embed-images-progress") as progress:
@@ -161,6 +153,6 @@ def fill_image_cache(tr: TaskRunner, db: Path, data_dir: Path, emb_root: Path, o
                 progress.advance(b - a)
     else:
         done = 0
-    get_run_logger().info("image cache: %d photos embedded in %d shards, %d already cached",
+    get_run_logger().info("image cache: %d photos embedded (relevance + guard views) in %d shards, %d already cached",
                           done, len(bounds), len(photos) - len(shas))
     return done

@@ -32,6 +32,14 @@ def encoder_dir(root: Path, kind: str, encoder_name: str) -> Path:
     return root / kind / re.sub(r"[^A-Za-z0-9.@_-]+", "_", encoder_name)
 
 
+def cached_keys(folder: Path) -> set[str]:
+    """Keys already in a cache folder, reading only the key column of its parts."""
+    parts = sorted(folder.glob("part-*.parquet")) if folder.exists() else []
+    if not parts:
+        return set()
+    return set(ds.dataset(parts, format="parquet").to_table(columns=["sha256"]).column(0).to_pylist())
+
+
 def load_cached(folder: Path, keys: Sequence[str], outputs: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
     """Vectors already on disk for any of ``keys``: {output: {sha: vector}}."""
     found: dict[str, dict[str, np.ndarray]] = {o: {} for o in outputs}
@@ -103,6 +111,8 @@ from dataclasses import dataclass  # noqa: E402
 from prefect import get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from models.image_encoder import (CALIBRATION_PHOTOS, ImageEncoder, ImageEncoderConfig,  # noqa: E402
+                                  ImageLike, encode_views)
 from tasks.warehouse import connect  # noqa: E402
 
 
@@ -131,27 +141,90 @@ class EmbeddedTexts:
         return np.array([where[t] for t in texts], dtype=np.int64)
 
 
-def image_encoder(onnx_cache: Path):
-    from models.image_encoder import ImageEncoder, ImageEncoderConfig
+# Precision of each view, decided on the real pipeline metrics (fp32 vs int8; see the report in
+# the commit that set them and bench/embed_throughput.py for the feature tolerance).
+RELEVANCE_VIEW = ImageEncoderConfig(variant="lite2", precision="fp32")  # 260 px: mean-pooled features + logits
 
-    return ImageEncoder(ImageEncoderConfig(), cache_dir=onnx_cache)
+
+def calibration_sample(paths: Sequence[ImageLike], shas: Sequence[str],
+                       n: int = CALIBRATION_PHOTOS) -> list[ImageLike]:
+    """The photos an int8 model is calibrated on if it has to be built: the ``n`` distinct
+    contents with the smallest sha256.  Deterministic and independent of names and order;
+    once the model exists it is reused, so later photos never change it."""
+    first: dict[str, ImageLike] = {}
+    for path, sha in zip(paths, shas):
+        first.setdefault(sha, path)
+    return [first[s] for s in sorted(first)[:n]]
+
+
+def image_encoder(onnx_cache: Path, calibration: Sequence[ImageLike] | None = None) -> ImageEncoder:
+    """The relevance view's encoder (its ONNX export, and int8 model if any, built once)."""
+    return ImageEncoder(RELEVANCE_VIEW, cache_dir=onnx_cache, calibration_images=calibration)
+
+
+def photo_encoders(onnx_cache: Path, calibration: Sequence[ImageLike] | None = None) -> dict[str, ImageEncoder]:
+    """Every view computed per photo, keyed by its cache kind: relevance ('image') and guard."""
+    from tasks.photo_views import guard_encoder
+
+    return {"image": image_encoder(onnx_cache, calibration), "photo_guard": guard_encoder(onnx_cache, calibration)}
+
+
+def embed_photos(paths: Sequence[ImageLike], shas: Sequence[str], emb_root: Path,
+                 encoders: dict[str, ImageEncoder], chunk_size: int = 256) -> int:
+    """Fill every encoder's content-hash cache (``emb_root/<kind>/<encoder name>/``) for these
+    photos in one pass: each photo missing anywhere is decoded once and fed to every network
+    that lacks it, by the same worker thread (``encode_views``).  A part file per cache is
+    written every ``chunk_size`` photos.  Returns how many photos were decoded."""
+    folders = {kind: encoder_dir(emb_root, kind, enc.name) for kind, enc in encoders.items()}
+    have = {kind: cached_keys(folder) for kind, folder in folders.items()}
+    first: dict[str, ImageLike] = {}
+    for path, sha in zip(paths, shas):
+        first.setdefault(sha, path)
+    groups: dict[tuple[str, ...], list[str]] = {}  # which caches lack it -> contents
+    for sha in sorted(first):
+        kinds = tuple(kind for kind in encoders if sha not in have[kind])
+        if kinds:
+            groups.setdefault(kinds, []).append(sha)
+    for kinds, todo in groups.items():
+        encs = [encoders[kind] for kind in kinds]
+        pending: list[list[dict[str, np.ndarray]]] = []  # per batch, per encoder
+        done = 0
+
+        def flush() -> None:
+            nonlocal pending, done
+            n = sum(len(batch[0]["features"]) for batch in pending)
+            for k, kind in enumerate(kinds):
+                write_part(folders[kind], todo[done : done + n],
+                           {o: np.concatenate([batch[k][o] for batch in pending]) for o in encs[k].outputs})
+            pending, done = [], done + n
+
+        # One stream over every photo (no drain at part boundaries): the workers stay busy.
+        for outs in encode_views(encs, [first[s] for s in todo]):
+            pending.append(outs)
+            if sum(len(batch[0]["features"]) for batch in pending) >= chunk_size:
+                flush()
+        if pending:
+            flush()
+    return sum(len(todo) for todo in groups.values())
 
 
 @task(name="embed-images", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def embed_images_task(db: Path, data_dir: Path, emb_root: Path, onnx_cache: Path) -> EmbeddedImages:
-    """Every valid photo, embedded once per content hash."""
+    """Every valid photo, embedded once per content hash (with the guard view in the same pass)."""
     with connect(db) as con:
         photos = con.execute(
             "SELECT split, image, path, sha256 FROM stg_photos WHERE is_valid ORDER BY split, image").pl()
-    enc = image_encoder(onnx_cache)
     paths = [data_dir / p for p in photos["path"]]
     shas = photos["sha256"].to_list()
+    encoders = photo_encoders(onnx_cache, calibration_sample(paths, shas))
+    n = embed_photos(paths, shas, emb_root, encoders)  # nothing left after fill_image_cache's shards
+    enc = encoders["image"]
 
-    def compute(idx: list[int]):
+    def compute(idx: list[int]):  # only if a photo vanished from the cache in between
         for start, feats, logits in enc.iter_encode_paths([paths[i] for i in idx]):
             yield idx[start : start + len(feats)], {"features": feats, "logits": logits}
 
-    arrays, n = embed_with_cache(encoder_dir(emb_root, "image", enc.name), shas, ["features", "logits"], compute)
+    arrays, _ = embed_with_cache(encoder_dir(emb_root, "image", enc.name), shas, ["features", "logits"], compute)
     get_run_logger().info("images: %d embedded, %d from cache (%s)", n, len(shas) - n, enc.name)
     return EmbeddedImages(list(zip(photos["split"], photos["image"])), arrays["features"], arrays["logits"],
                           enc.name, n)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -15,7 +16,10 @@ from models.image_encoder import (
     NUM_CLASSES,
     ImageEncoder,
     ImageEncoderConfig,
+    encode_views,
     load,
+    load_views,
+    photo_hash,
     preprocess,
 )
 
@@ -124,6 +128,30 @@ def test_preprocess_applies_exif_orientation():
     finally:
         buf.unlink(missing_ok=True)
     assert x[:, -20:].mean() > 200 and x[:, :20].mean() < 50
+
+
+def _jpeg(path: Path, w: int, h: int, orientation: int = 1) -> Path:
+    img = _gradient(w, h)
+    img.paste((250, 20, 20), (w // 4, h // 4, w // 2, h // 2))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    img.save(path, quality=90, exif=exif)
+    return path
+
+
+def test_load_views_equals_separate_loads(tmp_path, images):
+    """One decode for several sizes gives load's arrays bit for bit, also when libjpeg's draft
+    scales differ between the sizes (600 px: 1/2 for 260, 1/1 for 448) and with EXIF."""
+    sizes = [260, 448]
+    srcs = [_jpeg(tmp_path / "small.jpg", 500, 375), _jpeg(tmp_path / "draft_differs.jpg", 700, 600),
+            _jpeg(tmp_path / "draft_same.jpg", 1000, 950, orientation=6), _jpeg(tmp_path / "big.jpg", 2300, 2100),
+            *images[:3]]
+    images[3].save(tmp_path / "g.png")
+    srcs.append(tmp_path / "g.png")
+    for src in srcs:
+        views = load_views(src, sizes)
+        for v, size in zip(views, sizes):
+            assert np.array_equal(v, load(src, size)), (src, size)
 
 
 def test_path_and_pil_inputs_agree(tmp_path, images):
@@ -237,12 +265,47 @@ def test_int8_lite0_smoke(tmp_path, images):
     enc = ImageEncoder(cfg, tmp_path, calibration_images=calib)
     fp32 = ImageEncoder(ImageEncoderConfig(variant="lite0", batch_size=4), tmp_path)
     assert "int8" in enc.name and enc.name != fp32.name and enc.onnx_path != fp32.onnx_path
-    assert enc.onnx_path.name.startswith(fp32.onnx_path.stem + "-int8-c")
+    assert enc.onnx_path.name.startswith(fp32.onnx_path.stem + "-int8-q")
     fq, lq = _encode_all(enc, images[:4])
     ff, _ = _encode_all(fp32, images[:4])
     assert fq.shape == (4, FEATURE_DIM) and lq.shape == (4, NUM_CLASSES) and fq.dtype == np.float32
     # synthetic calibration is a poor stand-in; with ~100 real photos the mean is ~0.994
     assert _cos(fq, ff).mean() > 0.8
+
+
+def test_int8_calibrated_once_and_reused(tmp_path, images):
+    """Nightly runs see more photos: the int8 model (and so the encoder name, which keys the
+    embedding cache) must not change as long as it is in the cache; a rebuilt one is renamed."""
+    calib = [_gradient(40 + 9 * i, 30 + 4 * i) for i in range(3)]
+    cfg = ImageEncoderConfig(variant="lite0", precision="int8", batch_size=4)
+    first = ImageEncoder(cfg, tmp_path, calibration_images=calib)
+    mtime = first.onnx_path.stat().st_mtime_ns
+    listing = json.loads(first.onnx_path.with_suffix(".calibration.json").read_text())
+    assert listing["calibration_sha256"] == [photo_hash(c) for c in calib]
+    for other in (images[:5], None):  # new photos, or none at all: the same model
+        again = ImageEncoder(cfg, tmp_path, calibration_images=other)
+        assert again.onnx_path == first.onnx_path and again.name == first.name
+    assert first.onnx_path.stat().st_mtime_ns == mtime
+    first.onnx_path.unlink()  # cache lost: rebuilt on other photos, under a new name
+    rebuilt = ImageEncoder(cfg, tmp_path, calibration_images=images[:5])
+    assert rebuilt.onnx_path == first.onnx_path and rebuilt.name != first.name
+
+
+def test_one_pass_equals_each_view_alone(cache_dir, onnx_enc, tmp_path, images):
+    """encode_views (decode once, both networks per worker) = each encoder on its own."""
+    guard = ImageEncoder(ImageEncoderConfig(variant="lite0", image_size=448, max_pool=True), cache_dir)
+    assert guard.outputs == ("features", "max_features", "logits") and "meanmax" in guard.name
+    srcs = [_jpeg(tmp_path / "a.jpg", 500, 375), _jpeg(tmp_path / "b.jpg", 700, 600, orientation=8), *images[:5]]
+    out = list(encode_views([onnx_enc, guard], srcs, batch_size=3))
+    assert [len(b[0]["features"]) for b in out] == [3, 3, 1]
+    rel = {o: np.concatenate([b[0][o] for b in out]) for o in onnx_enc.outputs}
+    view = {o: np.concatenate([b[1][o] for b in out]) for o in guard.outputs}
+    f, lg = _encode_all(onnx_enc, srcs)
+    assert np.array_equal(rel["features"], f) and np.array_equal(rel["logits"], lg)
+    alone = guard.run(np.stack([load(s, 448) for s in srcs]))
+    for o in guard.outputs:
+        assert view[o].dtype == np.float32 and np.array_equal(view[o], alone[o]), o
+    assert (view["max_features"] >= view["features"] - 1e-6).all()  # max pool >= mean pool
 
 
 # --------------------------------------------------------------------------- real photos
