@@ -1,8 +1,19 @@
 """Image-encoder throughput benchmark (not a test): photos/s end to end, torch vs ONNX Runtime.
 
-    python bench/embed_throughput.py --data-dir /work/shared/data/with_sense
-    python bench/embed_throughput.py --variants lite2 lite0 --precisions fp32 int8
+    python bench/embed_throughput.py                     # the pipeline's default configuration
+    python bench/embed_throughput.py --variants lite2 lite0 --precisions fp32 int8   # per network
 
+Default (pipeline) mode: the embedding step exactly as the reindex runs it,
+``tasks.embed.embed_photos`` with ``photo_encoders`` (relevance view + photo-guard view, each
+photo read and decoded once and fed to both networks by the same worker, both Parquet
+caches written into a fresh folder per pass), against the plain PyTorch reference (the same
+two modules, torch backend, fp32, all cores as intra-op threads, decoding in the same
+``encode_views`` loop).  Printed: photos/s of each, the speed-up, FLOPs per photo of the
+networks used, GFLOP/s and the fraction of the processor's fp32 peak, and the deviation of
+every output from the torch reference (max |diff|, cosine min/mean): the feature tolerance.
+``--torch-limit N`` times the (slow) torch reference on the first N photos only.
+
+Per-network mode (``--variants``):
 End to end = open + read + JPEG decode + resize (+ EXIF, RGB) + forward, through the
 pipeline's own ``ImageEncoder.encode_paths`` (``--workers`` threads each decode and encode
 their own batch), on all photos of ``train_images/`` and ``test_images/``.  Each (variant, backend) runs in a fresh
@@ -111,15 +122,16 @@ def gemm_gflops(threads: int, n: int = 2048, reps: int = 8) -> float:
     return best
 
 
-def network_gflop(variant: str) -> float:
+def network_gflop(variant: str, size: int = 0, max_pool: bool = False) -> float:
     """FLOPs of one photo's forward (multiply-add = 2), counted by torch's FlopCounterMode."""
     import models  # noqa: F401
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from models.image_encoder import NATIVE_SIZE, _Encoder
+    from models.image_encoder import NATIVE_SIZE, encoder_module
 
-    net, s = _Encoder(variant, NATIVE_SIZE[variant]), NATIVE_SIZE[variant]
+    s = size or NATIVE_SIZE[variant]
+    net = encoder_module(variant, s, max_pool)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         net(torch.zeros(1, s, s, 3, dtype=torch.uint8))
     return counter.get_total_flops() / 1e9
@@ -182,6 +194,105 @@ def run_backend(variant, backend, precision, paths, calib, batch_size, workers, 
     }
 
 
+# ----------------------------------------------------------------------------- pipeline mode (child)
+
+
+def run_pipeline(paths, cache_dir, repeats, max_wait) -> dict:
+    """The reindex's embedding step on ``paths``: both views, one decode per photo, both caches
+    written (into a fresh temporary folder per pass).  Setup and one warm-up batch excluded."""
+    import tempfile
+
+    import models  # noqa: F401
+    from models.image_encoder import encode_views, photo_hash
+    from tasks.embed import calibration_sample, embed_photos, encoder_dir, load_cached, photo_encoders
+
+    shas = [photo_hash(p) for p in paths]  # ingest hashes the files; not part of embedding
+    t0 = time.perf_counter()
+    encoders = photo_encoders(Path(cache_dir), calibration_sample(paths, shas))
+    setup_s = time.perf_counter() - t0
+    list(encode_views(list(encoders.values()), paths[:8]))  # warm-up
+    rates, bg = [], []
+    with tempfile.TemporaryDirectory(prefix="embed-bench-") as tmp:
+        for r in range(repeats):
+            wait_idle(max_wait)
+            root = Path(tmp) / f"pass{r}"
+            j0, c0, t = busy_jiffies(), own_cpu_seconds(), time.perf_counter()
+            embed_photos(paths, shas, root, encoders)
+            wall = time.perf_counter() - t
+            others = (busy_jiffies() - j0) / os.sysconf("SC_CLK_TCK") - (own_cpu_seconds() - c0)
+            rates.append(len(paths) / wall)
+            bg.append(max(0.0, others / wall))
+        arrays = {}
+        for kind, enc in encoders.items():
+            found = load_cached(encoder_dir(root, kind, enc.name), shas, enc.outputs)
+            arrays[kind] = {o: np.stack([found[o][s] for s in shas]) for o in enc.outputs}
+    return {"rates": rates, "bg": bg, "setup_s": setup_s, "arrays": arrays,
+            "views": {kind: (enc.config, enc.version) for kind, enc in encoders.items()},
+            "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_torch_reference(paths, cache_dir, threads) -> dict:
+    """The same views with the plain PyTorch forward (fp32), decoding in the same loop."""
+    from dataclasses import replace
+
+    import models  # noqa: F401
+    from models.image_encoder import ImageEncoder, encode_views
+    from tasks.embed import RELEVANCE_VIEW
+    from tasks.photo_views import GUARD_VIEW
+
+    encoders = {kind: ImageEncoder(replace(view, backend="torch", precision="fp32", workers=1, threads=threads),
+                                   Path(cache_dir))
+                for kind, view in (("image", RELEVANCE_VIEW), ("photo_guard", GUARD_VIEW))}
+    list(encode_views(list(encoders.values()), paths[:2]))  # warm-up
+    parts = {kind: {o: [] for o in enc.outputs} for kind, enc in encoders.items()}
+    t = time.perf_counter()
+    for outs in encode_views(list(encoders.values()), paths):
+        for (kind, enc), out in zip(encoders.items(), outs):
+            for o in enc.outputs:
+                parts[kind][o].append(out[o])
+    rate = len(paths) / (time.perf_counter() - t)
+    return {"rate": rate, "arrays": {k: {o: np.concatenate(v) for o, v in d.items()} for k, d in parts.items()}}
+
+
+def pipeline_main(args, paths, ctx_child, peak, gemm, threads) -> None:
+    n_ref = min(len(paths), args.torch_limit or len(paths))
+    print(f"running the pipeline's embedding step ({args.repeats} passes over {len(paths)} photos) ...", flush=True)
+    pipe = ctx_child(run_pipeline, paths, str(args.cache_dir), args.repeats, args.wait_idle)
+    print(f"running the plain PyTorch reference ({n_ref} photos) ...", flush=True)
+    ref = ctx_child(run_torch_reference, paths[:n_ref], str(args.cache_dir), threads)
+    gflop = {kind: ctx_child(network_gflop, cfg.variant, cfg.size, cfg.max_pool)
+             for kind, (cfg, _) in pipe["views"].items()}
+    per_photo = sum(gflop.values())
+    rate = float(np.median(pipe["rates"]))
+    runs = "/".join(f"{x:.0f}" for x in pipe["rates"])
+    print(f"\nviews per photo (one decode each):")
+    for kind, (cfg, version) in pipe["views"].items():
+        print(f"  {kind:<12} {version}  {gflop[kind]:.3f} GFLOP")
+    print(f"FLOPs per photo of the networks used: {per_photo:.3f} GFLOP (FlopCounterMode, multiply-add = 2)\n")
+    hdr = f"{'':<22}{'photos/s':>9}{'(runs)':>16}{'x torch':>8}{'GFLOP/s':>9}{'%peak':>7}{'%GEMM':>7}{'bg':>6}"
+    print(hdr + "\n" + "-" * len(hdr))
+    for label, r, rr, b in [("torch reference fp32", ref["rate"], f"{ref['rate']:.1f}", 0.0),
+                            ("pipeline default", rate, runs, max(pipe["bg"]))]:
+        g = r * per_photo
+        print(f"{label:<22}{r:>9.1f}{rr:>16}{r / ref['rate']:>8.2f}{g:>9.0f}{100 * g / peak:>6.0f}%"
+              f"{100 * g / gemm:>6.0f}%{b:>6.2f}")
+    print(f"\nfeature tolerance vs the torch reference ({n_ref} photos):")
+    print(f"  {'view':<12}{'output':<14}{'max|diff|':>10}{'cos min':>10}{'cos mean':>10}{'top1=':>7}")
+    for kind, outs in ref["arrays"].items():
+        for o, want in outs.items():
+            got = pipe["arrays"][kind][o][:n_ref]
+            d = deviation(got, pipe["arrays"][kind]["logits"][:n_ref], want, outs["logits"])
+            top1 = f"{d['top1']:.3f}" if o == "logits" else ""
+            print(f"  {kind:<12}{o:<14}{d['max_abs']:>10.2e}{d['cos_min']:>10.5f}{d['cos_mean']:>10.5f}{top1:>7}")
+    print(f"""
+photos/s: end to end (read + decode + resize + both forwards + both Parquet caches written),
+  median of the passes; the torch reference decodes in the same loop but writes nothing.
+GFLOP/s = {per_photo:.3f} GFLOP/photo x photos/s; %peak of the {peak:.0f} GFLOP/s fp32 peak above (int8
+  work counted as the same FLOPs); %GEMM of the measured GEMM rate.  bg: cores used by other
+  processes during the timed passes (the machine is shared; > 0.1 makes the row suspect).
+setup (sessions; exports and int8 models cached): {pipe['setup_s']:.1f} s; peak RSS {pipe['rss_mib']:.0f} MiB.""")
+
+
 # ----------------------------------------------------------------------------- quality
 
 
@@ -224,7 +335,10 @@ def main() -> None:
     default_data = Path(os.environ.get("WITH_SENSE_DATA_DIR", PROJECT_ROOT / "data" / "with_sense"))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", type=Path, default=default_data)
-    ap.add_argument("--variants", nargs="+", default=["lite2"], choices=["lite2", "lite0"])
+    ap.add_argument("--variants", nargs="+", choices=["lite2", "lite0"],
+                    help="per-network mode (native sizes) instead of the pipeline's configuration")
+    ap.add_argument("--torch-limit", type=int, default=0,
+                    help="pipeline mode: time the torch reference on the first N photos only (0: all)")
     ap.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "int8"],
                     help="ONNX precisions to time (int8: calibrated on --calib train photos)")
     ap.add_argument("--batch-size", type=int, default=4)
@@ -272,6 +386,9 @@ def main() -> None:
           f"{gemm:.0f} GFLOP/s, i.e. an effective clock >= {gemm / (threads * fpc):.2f} GHz at {fpc} FLOP/cycle")
     print(f"photos: {len(paths)} from {args.data_dir}  batch {args.batch_size}  "
           f"repeats onnx {args.repeats} / torch {args.torch_repeats}\n")
+
+    if not args.variants:
+        return pipeline_main(args, paths, child, peak, gemm, threads)
 
     rows = []
     for variant in args.variants:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import csv
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from models.image_encoder import (
     FEATURE_DIM,
+    INT8_TOLERANCE,
     NUM_CLASSES,
     ImageEncoder,
     ImageEncoderConfig,
@@ -271,6 +273,41 @@ def test_int8_lite0_smoke(tmp_path, images):
     assert fq.shape == (4, FEATURE_DIM) and lq.shape == (4, NUM_CLASSES) and fq.dtype == np.float32
     # synthetic calibration is a poor stand-in; with ~100 real photos the mean is ~0.994
     assert _cos(fq, ff).mean() > 0.8
+
+
+def _scene(seed: int, w: int = 200, h: int = 150) -> Image.Image:
+    """A photo-like test image: smooth colour field, a few shapes, sensor-like noise."""
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 256, (h // 10 + 1, w // 10 + 1, 3)).astype(np.uint8))
+    img = img.resize((w, h), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(img)
+    for _ in range(6):
+        x, y, r = int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(5, 40))
+        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x - r, y - r, x + r, y + r), fill=fill)
+    noisy = np.asarray(img, np.float64) + rng.normal(0, 12, (h, w, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("view", [ImageEncoderConfig(variant="lite2", precision="int8"),
+                                  ImageEncoderConfig(variant="lite0", image_size=448, max_pool=True,
+                                                     precision="int8")], ids=["relevance", "guard"])
+def test_int8_within_tolerance_of_the_torch_reference(tmp_path, view):
+    """The pipeline's int8 recipe, calibrated on 8 photo-like images, stays within the stated
+    feature tolerance of the plain PyTorch fp32 forward on 8 others."""
+    import torch
+
+    scenes = [_scene(i) for i in range(16)]
+    enc = ImageEncoder(view, tmp_path, calibration_images=scenes[:8])
+    threads = torch.get_num_threads()
+    ref = ImageEncoder(replace(view, backend="torch", precision="fp32"), tmp_path)
+    torch.set_num_threads(threads)
+    pixels = np.stack([load(s, enc.size) for s in scenes[8:]])
+    got, want = enc.run(pixels), ref.run(pixels)
+    for o in enc.outputs:
+        cos = _cos(got[o], want[o])
+        assert cos.mean() >= INT8_TOLERANCE["cos_mean"] and cos.min() >= INT8_TOLERANCE["cos_min"], (o, cos)
+    assert np.abs(got["features"] - want["features"]).max() <= INT8_TOLERANCE["features_max_abs"]
 
 
 def test_int8_calibrated_once_and_reused(tmp_path, images):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 import subprocess
 import sys
 
@@ -163,6 +164,24 @@ def test_every_gallery_photo_has_an_auditable_verdict(run):
     # The fitted guard of this run is kept, with the same threshold.
     saved = st_load((run.warehouse / "models" / "photo_guard" / f"{rid}.safetensors").read_bytes())
     assert float(saved["threshold"][0]) == pytest.approx(thr)
+
+
+def test_both_views_embedded_in_one_pass(run):
+    """The embedding step decodes each photo once and fills both caches (relevance view and
+    guard view) chunk by chunk: the two caches hold the same photos, in parts of the same
+    chunks, and the guard view has its three outputs."""
+    import pyarrow.parquet as pq
+
+    def parts(kind: str) -> list[Path]:
+        (folder,) = (run.warehouse / "embeddings" / kind).iterdir()
+        return sorted(folder.glob("part-*.parquet"))
+
+    image, guard = parts("image"), parts("photo_guard")
+    digest = lambda ps: sorted(p.stem.rsplit("-", 1)[1] for p in ps)  # noqa: E731  (hash of the chunk's keys)
+    assert image and digest(image) == digest(guard)
+    keys = lambda ps: sorted(k for p in ps for k in pq.read_table(p, columns=["sha256"]).column(0).to_pylist())  # noqa: E731
+    assert keys(image) == keys(guard)
+    assert pq.read_schema(guard[0]).names == ["sha256", "features", "max_features", "logits"]
 
 
 def test_innocent_query_keeps_restricted_photo_rank_but_hides_it(run):
