@@ -117,10 +117,11 @@ def evaluate_retrieval_task(db: Path, run_id: str, images, texts, model) -> dict
         # Same model, same photos, same queries: an earlier run's figures are this run's.
         fp = fingerprint("evaluate v1", model.fingerprint, images.encoder, texts.encoder, list(HEADS),
                          q.rows(), photos.rows())
-        if (prev := earlier_run_with(con, "evaluate", fp, run_id)) is not None:
+        if (found := earlier_run_with(con, "evaluate", fp, run_id)) is not None:
+            prev, origin = found
             where = "protocol = 'test_queries_filter_off'"
             copy_run_rows(con, "model_metrics", prev, run_id, where)
-            record_stage(con, run_id, "evaluate", fp, prev)
+            record_stage(con, run_id, "evaluate", fp, origin)
             rows = con.execute(f"SELECT head, metric, value FROM model_metrics WHERE run_id = ? AND {where}",
                                [run_id]).fetchall()
             out: dict[str, dict[str, float]] = {}

@@ -53,13 +53,15 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def earlier_run_with(con: duckdb.DuckDBPyConnection, stage: str, fp: str, run_id: str) -> str | None:
-    """The newest published run whose ``stage`` had input fingerprint ``fp`` (its output can be reused)."""
+def earlier_run_with(con: duckdb.DuckDBPyConnection, stage: str, fp: str, run_id: str
+                     ) -> tuple[str, str] | None:
+    """The newest published run whose ``stage`` had input fingerprint ``fp`` (its output can
+    be reused), and the run that computed that output (itself, or the run it reused)."""
     row = con.execute("""
-        SELECT s.run_id FROM run_stages s JOIN runs r USING (run_id)
+        SELECT s.run_id, coalesce(s.reused_from, s.run_id) FROM run_stages s JOIN runs r USING (run_id)
         WHERE s.stage = ? AND s.fingerprint = ? AND s.run_id <> ? AND r.finished_at IS NOT NULL
         ORDER BY s.run_id DESC LIMIT 1""", [stage, fp, run_id]).fetchone()
-    return row[0] if row else None
+    return (row[0], row[1]) if row else None
 
 
 def record_stage(con: duckdb.DuckDBPyConnection, run_id: str, stage: str, fp: str, reused_from: str | None) -> None:

@@ -137,10 +137,11 @@ def rank_queries(tr, db: Path, run_id: str, images, texts, model, top_k: int, in
     fp = fingerprint("rank v1", model.fingerprint, model.head, images.encoder, texts.encoder, k, asdict(config),
                      q.rows(), photos.rows())
     with connect(db) as con:
-        if (prev := earlier_run_with(con, "rank", fp, run_id)) is not None:
+        if (found := earlier_run_with(con, "rank", fp, run_id)) is not None:
+            prev, origin = found
             copy_run_rows(con, "search_results", prev, run_id)
             copy_run_rows(con, "model_metrics", prev, run_id, "protocol = 'first_stage'")
-            record_stage(con, run_id, "rank", fp, prev)
+            record_stage(con, run_id, "rank", fp, origin)
             results = con.execute("SELECT * FROM search_results WHERE run_id = ? ORDER BY query_id, rank NULLS FIRST",
                                   [run_id]).pl()
             log.info("results: inputs unchanged since run %s (%s): its %d rows reused", prev, fp, results.height)

@@ -321,6 +321,7 @@ def train_heads_task(db: Path, run_id: str, images, texts, models_root: Path, he
     fingerprint = hashlib.sha256(f"{ts.fingerprint(config)}|{images.encoder}|{texts.encoder}".encode()).hexdigest()[:16]
     folder = models_root / fingerprint
     reused = (folder / "card.json").exists()
+    fitted_in: str | None = None  # the run that fitted the heads, when reused
     if reused:
         model = load_model(folder)
         card = json.loads((folder / "card.json").read_text())
@@ -353,7 +354,7 @@ def train_heads_task(db: Path, run_id: str, images, texts, models_root: Path, he
         con.execute("INSERT INTO model_metrics BY NAME SELECT * FROM _m")
         con.unregister("_m")
         # Cards saved before run_stages existed do not name their run: the newest run that used them.
-        reused_from = ((fitted_in or earlier_run_with(con, "relevance_heads", fingerprint, run_id) or "unknown")
-                       if reused else None)
+        earlier = earlier_run_with(con, "relevance_heads", fingerprint, run_id) if reused and not fitted_in else None
+        reused_from = (fitted_in or (earlier[1] if earlier else "unknown")) if reused else None
         record_stage(con, run_id, "relevance_heads", fingerprint, reused_from)
     return model

@@ -127,6 +127,11 @@ def grown(tmp_path_factory) -> dict:
     added = grow(data, bigger)
     second = reindex(data_dir=data, warehouse_dir=wh1, top_k=TOP_K)
     third = reindex(data_dir=data, warehouse_dir=wh1, top_k=TOP_K)
+    # The same encoders: the int8 image models are calibrated once per warehouse, on the
+    # photos of its first run (tasks/embed.py calibration_sample), so a warehouse started
+    # on A+B would calibrate other int8 models and compute other vectors.  The cold run
+    # starts with warehouse 1's ONNX models and nothing else: no embeddings, no fits.
+    shutil.copytree(wh1 / "models" / "onnx", wh2 / "models" / "onnx")
     cold = reindex(data_dir=bigger, warehouse_dir=wh2, top_k=TOP_K)
     return {"wh1": wh1, "wh2": wh2, "added": added, "runs": (first, second, third), "cold": cold}
 
@@ -190,3 +195,21 @@ def test_unchanged_photos_are_not_read_again(tmp_path, monkeypatch):
     assert len(opened) == 1
     changed = third.photos.join(first.photos, on=["split", "image"]).filter(pl.col("sha256") != pl.col("sha256_right"))
     assert changed["image"].to_list() == [target.name]
+
+
+def test_reuse_stops_when_an_input_of_the_stage_changes(grown, tmp_path):
+    """A different k changes what ranking produces, and nothing else: only ranking reruns."""
+    from flows.reindex import reindex
+
+    _, second, _ = grown["runs"]
+    wh = tmp_path / "wh"
+    shutil.copytree(grown["wh1"], wh)
+    with duckdb.connect(str(wh / "with_sense.duckdb"), read_only=True) as con:
+        data = Path(con.execute("SELECT data_dir FROM runs ORDER BY run_id DESC LIMIT 1").fetchone()[0])
+    run = reindex(data_dir=data, warehouse_dir=wh, top_k=TOP_K - 1)
+    got = stages(wh / "with_sense.duckdb", run["run_id"])
+    assert got["rank"] is None
+    assert got["photo_guard"] == got["relevance_heads"] == got["evaluate"] == second["run_id"]
+    assert run["images_embedded"] == run["texts_embedded"] == 0
+    res = latest(wh / "with_sense.duckdb", "search_results").filter(pl.col("rank").is_not_null())
+    assert res.group_by("query_id").len()["len"].max() == TOP_K - 1
