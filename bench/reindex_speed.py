@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -46,29 +48,65 @@ EMPTY_FLOW = ("{imports}from prefect import flow\n"
               "empty()\n")
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds (process start to exit) and peak RSS (MiB) of one process."""
+# Where a process's wall time goes, from the timestamps of Prefect's own log lines.
+PHASES = [("before server", "Starting temporary server"), ("server start", "Beginning flow run"),
+          ("flow run", "Finished in state")]
+LOG_LINE = re.compile(r"^(\d\d):(\d\d):(\d\d(?:\.\d+)?) \| \w+ +\| (.*)$")
+
+
+def phases(stderr: str, started: datetime, wall: float) -> dict[str, float]:
+    """Seconds from process start to the ephemeral server starting (imports, preflight,
+    lock), to the flow run beginning (server start-up), to the flow run's final state,
+    and from there to process exit (server shutdown).  Empty if the lines are missing
+    (e.g. PREFECT_API_URL set: no ephemeral server)."""
+    midnight = started.replace(hour=0, minute=0, second=0, microsecond=0)
+    t0 = (started - midnight).total_seconds()
+    marks: dict[str, float] = {}
+    for line in stderr.splitlines():
+        m = LOG_LINE.match(line)
+        if not m:
+            continue
+        at, msg = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) - t0, m[4]
+        for _, needle in PHASES:
+            if needle not in msg or (needle != PHASES[0][1] and not msg.startswith("Flow run")):
+                continue  # task runs log "Finished in state" too: only the flow's own lines count
+            # The first server start and flow start; the last final state (the flow's).
+            if needle == PHASES[2][1] or needle not in marks:
+                marks[needle] = at
+    if len(marks) < len(PHASES):
+        return {}
+    out, last = {}, 0.0
+    for name, needle in PHASES:
+        out[name] = marks[needle] - last
+        last = marks[needle]
+    out["after flow"] = wall - last
+    return out
+
+
+def timed(cmd: list[str]) -> tuple[float, float, dict[str, float]]:
+    """Wall seconds (process start to exit), peak RSS (MiB) and phases of one process."""
+    started = datetime.now()
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", WRAP, *cmd], cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise SystemExit(f"{cmd[:3]} failed:\n{out.stderr[-3000:]}")
-    return wall, int(out.stderr.strip().splitlines()[-1]) / 1024.0
+    return wall, int(out.stderr.strip().splitlines()[-1]) / 1024.0, phases(out.stderr, started, wall)
 
 
-def run_reindex(data: Path, wh: Path) -> tuple[float, float, float, dict[str, float]]:
-    """Wall seconds and peak RSS (MiB) of one reindex process, then the flow's own
+def run_reindex(data: Path, wh: Path) -> tuple[float, float, float, dict[str, float], dict[str, float]]:
+    """Wall seconds, peak RSS (MiB) and phases of one reindex process, then the flow's own
     duration and its seconds by stage, as the run recorded them."""
-    wall, rss = timed([sys.executable, "-m", "flows.reindex", "--data-dir", str(data), "--warehouse", str(wh)])
+    wall, rss, phase = timed([sys.executable, "-m", "flows.reindex", "--data-dir", str(data), "--warehouse", str(wh)])
     import duckdb
 
     with duckdb.connect(str(wh / "with_sense.duckdb"), read_only=True) as con:
         flow_s, summary = con.execute("SELECT wall_seconds, summary_json FROM runs ORDER BY run_id DESC LIMIT 1"
                                       ).fetchone()
-    return wall, rss, flow_s, json.loads(summary).get("stage_seconds", {})
+    return wall, rss, flow_s, json.loads(summary).get("stage_seconds", {}), phase
 
 
-def run_floor(with_imports: bool) -> tuple[float, float]:
+def run_floor(with_imports: bool) -> tuple[float, float, dict[str, float]]:
     imports = "import flows.reindex\n" if with_imports else ""
     return timed([sys.executable, "-c", EMPTY_FLOW.format(imports=imports)])
 
@@ -109,12 +147,18 @@ def main() -> None:
     floor_imports = run_floor(with_imports=True)
     rows = [("cold", cold), ("no change", nochange), ("10 new photos", new10)]
     print(f"{'mode':<22}{'wall s':>9}{'vs cold':>9}{'flow s':>9}{'peak RSS MiB':>14}")
-    for name, (wall, rss, flow_s, _) in rows:
+    for name, (wall, rss, flow_s, *_) in rows:
         print(f"{name:<22}{wall:>9.1f}{wall / cold[0]:>9.3f}{flow_s:>9.1f}{rss:>14.0f}")
-    for name, (wall, rss) in [("floor: empty flow", floor), ("  + import reindex", floor_imports)]:
+    floors = [("floor: empty flow", floor), ("  + import reindex", floor_imports)]
+    for name, (wall, rss, _) in floors:
         print(f"{name:<22}{wall:>9.1f}{wall / cold[0]:>9.3f}{'':>9}{rss:>14.0f}")
     print("wall s: process start to exit, timed from outside; flow s: the flow body up to the summary "
           "(runs.wall_seconds)")
+    print("where the wall time goes (seconds, from Prefect's log timestamps):")
+    cols = [(n, r[4]) for n, r in rows] + [(n.strip(" +"), r[2]) for n, r in floors]
+    print(f"  {'phase':<20}" + "".join(f"{n[:15]:>16}" for n, _ in cols))
+    for ph in [p for p, _ in PHASES] + ["after flow"]:
+        print(f"  {ph:<20}" + "".join(f"{c.get(ph, float('nan')):>16.2f}" for _, c in cols))
     print("seconds by stage (runs.summary_json):")
     stages = list(dict.fromkeys(k for *_, st in (cold, nochange, new10) for k in st))
     print(f"  {'stage':<20}" + "".join(f"{n:>16}" for n, _ in rows))
