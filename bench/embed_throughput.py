@@ -197,16 +197,24 @@ def run_backend(variant, backend, precision, paths, calib, batch_size, workers, 
 # ----------------------------------------------------------------------------- pipeline mode (child)
 
 
-def run_pipeline(paths, cache_dir, repeats, max_wait) -> dict:
+def run_pipeline(paths, cache_dir, repeats, max_wait, precision: str = "") -> dict:
     """The reindex's embedding step on ``paths``: both views, one decode per photo, both caches
-    written (into a fresh temporary folder per pass).  Setup and one warm-up batch excluded."""
+    written (into a fresh temporary folder per pass).  Setup and one warm-up batch excluded.
+    ``precision`` ('fp32' / 'int8') overrides the views' precision, '' keeps the defaults."""
     import tempfile
+    from dataclasses import replace
 
     import models  # noqa: F401
     from models.image_encoder import encode_views, photo_hash
     from tasks.embed import calibration_sample, embed_photos, encoder_dir, load_cached, photo_encoders
 
     shas = [photo_hash(p) for p in paths]  # ingest hashes the files; not part of embedding
+    if precision:
+        import tasks.embed
+        import tasks.photo_views
+
+        tasks.embed.RELEVANCE_VIEW = replace(tasks.embed.RELEVANCE_VIEW, precision=precision)
+        tasks.photo_views.GUARD_VIEW = replace(tasks.photo_views.GUARD_VIEW, precision=precision)
     t0 = time.perf_counter()
     encoders = photo_encoders(Path(cache_dir), calibration_sample(paths, shas))
     setup_s = time.perf_counter() - t0
@@ -245,19 +253,25 @@ def run_torch_reference(paths, cache_dir, threads) -> dict:
                 for kind, view in (("image", RELEVANCE_VIEW), ("photo_guard", GUARD_VIEW))}
     list(encode_views(list(encoders.values()), paths[:2]))  # warm-up
     parts = {kind: {o: [] for o in enc.outputs} for kind, enc in encoders.items()}
-    t = time.perf_counter()
+    j0, c0, t = busy_jiffies(), own_cpu_seconds(), time.perf_counter()
     for outs in encode_views(list(encoders.values()), paths):
         for (kind, enc), out in zip(encoders.items(), outs):
             for o in enc.outputs:
                 parts[kind][o].append(out[o])
-    rate = len(paths) / (time.perf_counter() - t)
-    return {"rate": rate, "arrays": {k: {o: np.concatenate(v) for o, v in d.items()} for k, d in parts.items()}}
+    wall = time.perf_counter() - t
+    others = (busy_jiffies() - j0) / os.sysconf("SC_CLK_TCK") - (own_cpu_seconds() - c0)
+    return {"rate": len(paths) / wall, "bg": max(0.0, others / wall),
+            "arrays": {k: {o: np.concatenate(v) for o, v in d.items()} for k, d in parts.items()}}
 
 
 def pipeline_main(args, paths, ctx_child, peak, gemm, threads) -> None:
     n_ref = min(len(paths), args.torch_limit or len(paths))
     print(f"running the pipeline's embedding step ({args.repeats} passes over {len(paths)} photos) ...", flush=True)
     pipe = ctx_child(run_pipeline, paths, str(args.cache_dir), args.repeats, args.wait_idle)
+    fp32 = None
+    if args.also_fp32:
+        print("running the same step with both views in ONNX fp32 ...", flush=True)
+        fp32 = ctx_child(run_pipeline, paths, str(args.cache_dir), args.repeats, args.wait_idle, "fp32")
     print(f"running the plain PyTorch reference ({n_ref} photos) ...", flush=True)
     ref = ctx_child(run_torch_reference, paths[:n_ref], str(args.cache_dir), threads)
     gflop = {kind: ctx_child(network_gflop, cfg.variant, cfg.size, cfg.max_pool)
@@ -271,8 +285,12 @@ def pipeline_main(args, paths, ctx_child, peak, gemm, threads) -> None:
     print(f"FLOPs per photo of the networks used: {per_photo:.3f} GFLOP (FlopCounterMode, multiply-add = 2)\n")
     hdr = f"{'':<22}{'photos/s':>9}{'(runs)':>16}{'x torch':>8}{'GFLOP/s':>9}{'%peak':>7}{'%GEMM':>7}{'bg':>6}"
     print(hdr + "\n" + "-" * len(hdr))
-    for label, r, rr, b in [("torch reference fp32", ref["rate"], f"{ref['rate']:.1f}", 0.0),
-                            ("pipeline default", rate, runs, max(pipe["bg"]))]:
+    rows = [("torch reference fp32", ref["rate"], f"{ref['rate']:.1f}", ref["bg"])]
+    if fp32:
+        rows.append(("onnx fp32 (both views)", float(np.median(fp32["rates"])),
+                     "/".join(f"{x:.0f}" for x in fp32["rates"]), max(fp32["bg"])))
+    rows.append(("pipeline default", rate, runs, max(pipe["bg"])))
+    for label, r, rr, b in rows:
         g = r * per_photo
         print(f"{label:<22}{r:>9.1f}{rr:>16}{r / ref['rate']:>8.2f}{g:>9.0f}{100 * g / peak:>6.0f}%"
               f"{100 * g / gemm:>6.0f}%{b:>6.2f}")
@@ -290,7 +308,8 @@ photos/s: end to end (read + decode + resize + both forwards + both Parquet cach
 GFLOP/s = {per_photo:.3f} GFLOP/photo x photos/s; %peak of the {peak:.0f} GFLOP/s fp32 peak above (int8
   work counted as the same FLOPs); %GEMM of the measured GEMM rate.  bg: cores used by other
   processes during the timed passes (the machine is shared; > 0.1 makes the row suspect).
-setup (sessions; exports and int8 models cached): {pipe['setup_s']:.1f} s; peak RSS {pipe['rss_mib']:.0f} MiB.""")
+setup (sessions, plus any ONNX export / int8 calibration not cached yet in --cache-dir):
+  {pipe['setup_s']:.1f} s; peak RSS {pipe['rss_mib']:.0f} MiB.""")
 
 
 # ----------------------------------------------------------------------------- quality
@@ -337,6 +356,8 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=default_data)
     ap.add_argument("--variants", nargs="+", choices=["lite2", "lite0"],
                     help="per-network mode (native sizes) instead of the pipeline's configuration")
+    ap.add_argument("--also-fp32", action="store_true",
+                    help="pipeline mode: also time the same step with both views in ONNX fp32")
     ap.add_argument("--torch-limit", type=int, default=0,
                     help="pipeline mode: time the torch reference on the first N photos only (0: all)")
     ap.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "int8"],
