@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -101,13 +102,26 @@ def shard_bounds(n: int, per_shard: int, min_shards: int = 1) -> list[tuple[int,
 
 
 @task(name="embed-image-shard", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def embed_image_shard(paths: list[str], shas: list[str], emb_root: str, onnx_cache: str) -> int:
+def embed_image_shard(paths: list[str], shas: list[str], emb_root: str, onnx_cache: str,
+                      workers: int | None = None) -> int:
     """Embed one shard of photos, both views in one pass (relevance and photo guard: each
-    photo decoded once), into their own Parquet part(s) of both caches; returns how many."""
+    photo decoded once), into their own Parquet part(s) of both caches; returns how many.
+    ``workers``: encoder threads (None: one per core)."""
     from tasks.embed import embed_photos, photo_encoders
 
     # The flow built the ONNX exports (and int8 models) before mapping: here they are only loaded.
-    return embed_photos(paths, shas, Path(emb_root), photo_encoders(Path(onnx_cache)))
+    return embed_photos(paths, shas, Path(emb_root), photo_encoders(Path(onnx_cache)), workers=workers)
+
+
+def encoder_workers(tr: TaskRunner) -> int | None:
+    """Encoder threads per embedding shard.  Shards of a local Dask cluster run at the same
+    time in processes sharing this machine's cores, so each gets cores // processes threads
+    (2 x 1 on 2 cores, not 2 x 2 fighting over them); otherwise None: the encoder's own
+    default, one thread per core (one shard at a time locally, one machine per worker)."""
+    processes = (getattr(tr, "cluster_kwargs", None) or {}).get("n_workers")
+    if processes:
+        return max(1, (os.cpu_count() or 1) // int(processes))
+    return None
 
 
 def fill_image_cache(tr: TaskRunner, db: Path, data_dir: Path, emb_root: Path, onnx_cache: Path,
@@ -144,7 +158,8 @@ def fill_image_cache(tr: TaskRunner, db: Path, data_dir: Path, emb_root: Path, o
         futures = tr.map(embed_image_shard, {
             "paths": [[todo[s] for s in shas[a:b]] for a, b in bounds],
             "shas": [shas[a:b] for a, b in bounds],
-            "emb_root": unmapped(str(emb_root)), "onnx_cache": unmapped(str(onnx_cache))})
+            "emb_root": unmapped(str(emb_root)), "onnx_cache": unmapped(str(onnx_cache)),
+            "workers": unmapped(encoder_workers(tr))})
         done = 0
         # Shards may run on other machines: progress is counted here, one shard at a time.
         with Progress(len(shas), "embedding photos", unit="photo", key="embed-images-progress") as progress:

@@ -172,11 +172,12 @@ def photo_encoders(onnx_cache: Path, calibration: Sequence[ImageLike] | None = N
 
 
 def embed_photos(paths: Sequence[ImageLike], shas: Sequence[str], emb_root: Path,
-                 encoders: dict[str, ImageEncoder], chunk_size: int = 256) -> int:
+                 encoders: dict[str, ImageEncoder], chunk_size: int = 256, workers: int | None = None) -> int:
     """Fill every encoder's content-hash cache (``emb_root/<kind>/<encoder name>/``) for these
     photos in one pass: each photo missing anywhere is decoded once and fed to every network
     that lacks it, by the same worker thread (``encode_views``).  A part file per cache is
-    written every ``chunk_size`` photos.  Returns how many photos were decoded."""
+    written every ``chunk_size`` photos.  ``workers``: worker threads (default: the encoders',
+    one per core).  Returns how many photos were decoded."""
     folders = {kind: encoder_dir(emb_root, kind, enc.name) for kind, enc in encoders.items()}
     have = {kind: cached_keys(folder) for kind, folder in folders.items()}
     first: dict[str, ImageLike] = {}
@@ -201,7 +202,7 @@ def embed_photos(paths: Sequence[ImageLike], shas: Sequence[str], emb_root: Path
             pending, done = [], done + n
 
         # One stream over every photo (no drain at part boundaries): the workers stay busy.
-        for outs in encode_views(encs, [first[s] for s in todo]):
+        for outs in encode_views(encs, [first[s] for s in todo], workers=workers):
             pending.append(outs)
             if sum(len(batch[0]["features"]) for batch in pending) >= chunk_size:
                 flush()
