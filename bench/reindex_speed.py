@@ -155,12 +155,12 @@ def main() -> None:
     print("wall s: process start to exit, timed from outside; flow s: the flow body up to the summary "
           "(runs.wall_seconds)")
     print("where the wall time goes (seconds, from Prefect's log timestamps):")
-    cols = [(n, r[4]) for n, r in rows] + [(n.strip(" +"), r[2]) for n, r in floors]
+    cols = [(n, r[4]) for n, r in rows] + [("empty flow", floor[2]), ("empty + imports", floor_imports[2])]
     print(f"  {'phase':<20}" + "".join(f"{n[:15]:>16}" for n, _ in cols))
     for ph in [p for p, _ in PHASES] + ["after flow"]:
         print(f"  {ph:<20}" + "".join(f"{c.get(ph, float('nan')):>16.2f}" for _, c in cols))
     print("seconds by stage (runs.summary_json):")
-    stages = list(dict.fromkeys(k for *_, st in (cold, nochange, new10) for k in st))
+    stages = list(dict.fromkeys(k for r in (cold, nochange, new10) for k in r[3]))
     print(f"  {'stage':<20}" + "".join(f"{n:>16}" for n, _ in rows))
     for st in stages:
         print(f"  {st:<20}" + "".join(f"{r[3].get(st, float('nan')):>16.2f}" for _, r in rows))
