@@ -95,6 +95,9 @@ def precision_recall_at(score: np.ndarray, label: np.ndarray, threshold: float) 
 
 # ---------------------------------------------------------------- Prefect task
 
+# Bump when the figures change for the same inputs, so earlier runs' figures are not copied.
+EVALUATE_FORMAT = 1
+
 from pathlib import Path  # noqa: E402
 
 import polars as pl  # noqa: E402
@@ -115,7 +118,7 @@ def evaluate_retrieval_task(db: Path, run_id: str, images, texts, model) -> dict
         photos = con.execute("SELECT image, sha256 FROM gallery ORDER BY image").pl()
         gallery = photos["image"].to_list()
         # Same model, same photos, same queries: an earlier run's figures are this run's.
-        fp = fingerprint("evaluate v1", model.fingerprint, images.encoder, texts.encoder, list(HEADS),
+        fp = fingerprint(f"evaluate v{EVALUATE_FORMAT}", model.fingerprint, images.encoder, texts.encoder, list(HEADS),
                          q.rows(), photos.rows())
         if (found := earlier_run_with(con, "evaluate", fp, run_id)) is not None:
             prev, origin = found

@@ -17,6 +17,10 @@ import polars as pl
 
 from tasks.config import DISCLAIMER
 
+# Bump when what ranking writes changes for the same inputs (order, columns, the law's
+# rules), so earlier runs' results are never copied into a run that would rank differently.
+RANK_FORMAT = 1
+
 RESULT_SCHEMA = {
     "run_id": pl.String,
     "query_id": pl.String,
@@ -134,8 +138,8 @@ def rank_queries(tr, db: Path, run_id: str, images, texts, model, top_k: int, in
     k = min(top_k, len(gallery))
     from dataclasses import asdict
 
-    fp = fingerprint("rank v1", model.fingerprint, model.head, images.encoder, texts.encoder, k, asdict(config),
-                     q.rows(), photos.rows())
+    fp = fingerprint(f"rank v{RANK_FORMAT}", model.fingerprint, model.head, images.encoder, texts.encoder, k,
+                     asdict(config), q.rows(), photos.rows())
     with connect(db) as con:
         if (found := earlier_run_with(con, "rank", fp, run_id)) is not None:
             prev, origin = found
