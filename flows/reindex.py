@@ -101,7 +101,7 @@ def reindex(
         images = embed.embed_images_task(db, Path(data_dir), wh.embeddings_dir, wh.models_dir / "onnx")
         images.n_computed += sharded
         lap("embed_images")
-        texts = embed.embed_texts_task(db, wh.embeddings_dir)
+        texts = embed.embed_texts_task(db, wh.embeddings_dir, wh.models_dir / "onnx")
         lap("embed_texts")
 
         guard = compliance.photo_guard_task(db, run_id, images, Path(data_dir), wh.embeddings_dir, wh.models_dir)

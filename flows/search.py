@@ -67,7 +67,7 @@ def run_search(queries: list[str], warehouse_dir: Path, k: int = 5) -> list[dict
     if allowed and gallery:
         from models.text_encoder import TextEncoder
 
-        txt = TextEncoder().encode([queries[i] for i in allowed])
+        txt = TextEncoder(cache_dir=wh.models_dir / "onnx").encode([queries[i] for i in allowed])
         scores = model.score_matrix(img, txt, head)
     row_of = {q: r for r, q in enumerate(allowed)}
     for i, q in enumerate(queries):

@@ -236,15 +236,15 @@ def embed_images_task(db: Path, data_dir: Path, emb_root: Path, onnx_cache: Path
 
 
 @task(name="embed-texts", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def embed_texts_task(db: Path, emb_root: Path) -> EmbeddedTexts:
-    """Captions and saved queries, embedded once per text hash."""
+def embed_texts_task(db: Path, emb_root: Path, onnx_cache: Path | None = None) -> EmbeddedTexts:
+    """Captions and saved queries, embedded once per text hash (ONNX export built once in ``onnx_cache``)."""
     from models.text_encoder import TextEncoder
 
     with connect(db) as con:
         texts = con.execute("""
             SELECT caption_text AS t FROM stg_captions
             UNION SELECT query_text FROM stg_test_queries ORDER BY t""").pl()["t"].to_list()
-    enc = TextEncoder()
+    enc = TextEncoder(cache_dir=onnx_cache)
 
     def compute(idx: list[int]):
         yield idx, {"embedding": enc.encode([texts[i] for i in idx])}

@@ -36,9 +36,10 @@ OUTPUTS = GUARD_VIEW.outputs  # ('features', 'max_features', 'logits')
 
 
 def guard_encoder(onnx_cache: Path, calibration: Sequence[ImageLike] | None = None,
-                  view: ImageEncoderConfig = GUARD_VIEW) -> ImageEncoder:
-    """The guard view's encoder (ONNX export, and int8 model if any, built once in ``onnx_cache``)."""
-    return ImageEncoder(view, cache_dir=onnx_cache, calibration_images=calibration)
+                  view: ImageEncoderConfig | None = None) -> ImageEncoder:
+    """The guard view's encoder (ONNX export, and int8 model if any, built once in ``onnx_cache``).
+    ``view`` defaults to ``GUARD_VIEW`` as it is at call time (the benchmark switches it)."""
+    return ImageEncoder(view or GUARD_VIEW, cache_dir=onnx_cache, calibration_images=calibration)
 
 
 @dataclass
