@@ -140,7 +140,7 @@ class ChildPhotoClassifier:
         return {"mean": np.ascontiguousarray(self.mean, dtype=np.float32),
                 "std": np.ascontiguousarray(self.std, dtype=np.float32),
                 "w": np.ascontiguousarray(self.w, dtype=np.float32),
-                "b": np.array([self.b], dtype=np.float32)}
+                "b": np.array([self.b], dtype=np.float64)}
 
     @classmethod
     def from_state_dict(cls, d: dict[str, np.ndarray]) -> "ChildPhotoClassifier":

@@ -56,11 +56,13 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib.metadata import version
 from itertools import islice
 from pathlib import Path
@@ -201,6 +203,12 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@lru_cache(maxsize=None)
+def _weights_sha256(variant: str) -> str:
+    """Hashed once per process: every encoder built in a run (shards, tasks) names its weights."""
+    return _sha256(weights_path(variant))
 
 
 def encoder_module(variant: str, size: int, max_pool: bool = False):
@@ -374,7 +382,7 @@ class ImageEncoder:
         self.size = config.size
         self.outputs = config.outputs
         self.cache_dir = Path(cache_dir)
-        self.weights_sha256 = _sha256(weights_path(config.variant))
+        self.weights_sha256 = _weights_sha256(config.variant)
         self.model_tag = ""  # int8: a hash of the int8 model file
         if config.backend == "torch":
             import torch
@@ -383,7 +391,8 @@ class ImageEncoder:
             self._model = encoder_module(config.variant, self.size, config.max_pool)
         else:
             self.onnx_path = self._build_onnx(calibration_images)
-            self._session = self._onnx_session(self.onnx_path)
+            # Opened on the first forward, not here: a run with nothing new to embed needs only ``name``.
+            self._session, self._session_lock = None, threading.Lock()
 
     # --- identity, stored next to the embeddings
     @property
@@ -405,6 +414,12 @@ class ImageEncoder:
         return f"{self.name}/onnxruntime-{version('onnxruntime')}"
 
     # --- ONNX export, quantisation, session
+    def session(self):
+        with self._session_lock:  # worker threads may ask at the same time
+            if self._session is None:
+                self._session = self._onnx_session(self.onnx_path)
+            return self._session
+
     def _build_onnx(self, calibration_images: Sequence[ImageLike] | None) -> Path:
         c = self.config
         pool = "-meanmax" if c.max_pool else ""
@@ -446,7 +461,7 @@ class ImageEncoder:
     def run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 [n, S, S, 3] -> {output: float32 [n, d]} for every name in ``outputs``."""
         if self.config.backend == "onnx":
-            return dict(zip(self.outputs, self._session.run(list(self.outputs), {"pixels": pixels})))
+            return dict(zip(self.outputs, self.session().run(list(self.outputs), {"pixels": pixels})))
         import torch
 
         with torch.inference_mode():

@@ -140,13 +140,11 @@ def train_photo_guard(x: np.ndarray, label: np.ndarray, folds: int = CV_FOLDS, r
     ``x`` are ``photo_inputs`` rows of the train photos, ``label`` whether each shows a child.
     The test photos never enter: neither the fit nor the threshold sees them.
     """
-    from models.child_photo import ChildPhotoConfig
+    from models.child_photo import ChildPhotoClassifier, ChildPhotoConfig
 
     config = config or ChildPhotoConfig()
     label = np.asarray(label).astype(np.float32)
     k = max(2, min(folds, int(label.sum()), int((1 - label).sum()))) if 0 < label.sum() < len(label) else folds
-    from models.child_photo import ChildPhotoClassifier
-
     oof = np.zeros(len(x), dtype=np.float64)
     held_out = [stratified_folds(label, k, seed + r) == f for r in range(repeats) for f in range(k)]
     if label.min() == label.max():
@@ -168,7 +166,7 @@ def train_photo_guard(x: np.ndarray, label: np.ndarray, folds: int = CV_FOLDS, r
 
 
 # Bump when what a saved guard means changes, so older fits are never reused.
-GUARD_FORMAT = 1
+GUARD_FORMAT = 2
 
 
 def guard_fingerprint(x: np.ndarray, label: np.ndarray, view: str) -> str:
@@ -190,12 +188,11 @@ def guard_fingerprint(x: np.ndarray, label: np.ndarray, view: str) -> str:
 
 
 def guard_bytes(guard: PhotoGuard, run_id: str, fingerprint: str) -> bytes:
-    """The guard as safetensors; ``b64`` keeps the bias exactly, so a reused guard scores
-    bit for bit like the fit it came from (the classifier's own state holds float32)."""
+    """The guard as safetensors (the bias is kept in float64, so a reused guard scores bit for
+    bit like the fit it came from)."""
     from safetensors.numpy import save
 
-    tensors = {**guard.state_dict(), "b64": np.array([guard.classifier.b], dtype=np.float64)}
-    return save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+    return save({k: np.ascontiguousarray(v) for k, v in guard.state_dict().items()},
                 metadata={"run_id": run_id, "inputs": guard.view, "threshold": repr(guard.threshold),
                           "fingerprint": fingerprint, "cv": json.dumps(guard.cv)})
 
@@ -210,7 +207,6 @@ def load_guard(path: Path) -> PhotoGuard | None:
         with safe_open(str(path), "np") as f:
             meta = f.metadata() or {}
         guard = PhotoGuard.from_state_dict(tensors, meta.get("inputs", ""))
-        guard.classifier.b = float(tensors["b64"].reshape(-1)[0])
         guard.cv = {k: float(v) for k, v in json.loads(meta["cv"]).items()}
         guard.fitted_in = meta["run_id"]
     except Exception:  # noqa: BLE001  (an unreadable or older file is refitted, never fatal)

@@ -150,14 +150,20 @@ class EmbeddedTexts:
 RELEVANCE_VIEW = ImageEncoderConfig(variant="lite2", precision="int8")  # 260 px: mean-pooled features + logits
 
 
+def unique_contents(paths: Sequence[ImageLike], shas: Sequence[str]) -> dict[str, ImageLike]:
+    """One path per distinct content (the first one seen): {sha256: path}."""
+    first: dict[str, ImageLike] = {}
+    for path, sha in zip(paths, shas):
+        first.setdefault(sha, path)
+    return first
+
+
 def calibration_sample(paths: Sequence[ImageLike], shas: Sequence[str],
                        n: int = CALIBRATION_PHOTOS) -> list[ImageLike]:
     """The photos an int8 model is calibrated on if it has to be built: the ``n`` distinct
     contents with the smallest sha256.  Deterministic and independent of names and order;
     once the model exists it is reused, so later photos never change it."""
-    first: dict[str, ImageLike] = {}
-    for path, sha in zip(paths, shas):
-        first.setdefault(sha, path)
+    first = unique_contents(paths, shas)
     return [first[s] for s in sorted(first)[:n]]
 
 
@@ -182,9 +188,7 @@ def embed_photos(paths: Sequence[ImageLike], shas: Sequence[str], emb_root: Path
     one per core).  Returns how many photos were decoded."""
     folders = {kind: encoder_dir(emb_root, kind, enc.name) for kind, enc in encoders.items()}
     have = {kind: cached_keys(folder) for kind, folder in folders.items()}
-    first: dict[str, ImageLike] = {}
-    for path, sha in zip(paths, shas):
-        first.setdefault(sha, path)
+    first = unique_contents(paths, shas)
     groups: dict[tuple[str, ...], list[str]] = {}  # which caches lack it -> contents
     for sha in sorted(first):
         kinds = tuple(kind for kind in encoders if sha not in have[kind])
