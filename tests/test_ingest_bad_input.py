@@ -1,4 +1,4 @@
-"""Bad input at the ingest step (tasks/ingest.py): every kind of damage, row by row.
+"""Bad input at the ingest step (tasks/ingest*.py): every kind of damage, row by row.
 
 Each test damages a copy of the tiny dataset in one way and checks three things: the bad
 row or photo is in the quarantine with a reason a person understands, the good rows are
@@ -22,6 +22,7 @@ from PIL import Image
 
 from conftest import build_dataset, make_photo
 from tasks import ingest as ing
+from tasks import ingest_photos, ingest_sources
 from tasks.ingest import SourceFileError, ingest, preflight
 
 @pytest.fixture(scope="module")
@@ -389,7 +390,7 @@ def test_bad_photo_is_quarantined_and_so_is_the_row_naming_it(data, tmp_path, cl
 
 def test_photo_over_the_size_limit_is_not_read(data, monkeypatch):
     limit = max(p.stat().st_size for p in data.glob("*_images/*")) + 1
-    monkeypatch.setattr(ing, "MAX_PHOTO_BYTES", limit)
+    monkeypatch.setattr(ingest_photos, "MAX_PHOTO_BYTES", limit)
     (data / "train_images" / "9000_big.jpg").write_bytes(jpeg_bytes(5, (400, 300)))
     q = only_quarantined(ingest(data), "train_images/")
     assert q["reason"].startswith("image '9000_big.jpg' is ") and f"over the {limit:,}-byte limit" in q["reason"]
@@ -465,7 +466,7 @@ def test_unreadable_source_file_stops_the_run(data, damage, words):
 
 
 def test_source_file_over_the_size_limit_is_not_read(data, monkeypatch):
-    monkeypatch.setattr(ing, "MAX_SOURCE_BYTES", 100)
+    monkeypatch.setattr(ingest_sources, "MAX_SOURCE_BYTES", 100)
     with pytest.raises(SourceFileError, match=r"train_dataset\.csv is [0-9,]+ bytes, over the 100-byte limit"):
         preflight(data)
 
