@@ -71,6 +71,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 import models  # noqa: F401  (torchvision compat shim; must precede torch-ecosystem imports)
+from models.photo_file import open_photo
 
 NATIVE_SIZE = {"lite0": 224, "lite2": 260}
 MEAN, STD = 127.0, 128.0  # EfficientNet-Lite (TF) input normalisation on 0..255 pixels
@@ -156,7 +157,7 @@ def load(src: ImageLike, size: int = NATIVE_SIZE["lite2"]) -> np.ndarray:
     libjpeg decode at 1/2, 1/4 or 1/8 scale while both sides stay >= ``size`` (large photos)."""
     if isinstance(src, Image.Image):
         return preprocess(src, size)
-    with Image.open(src) as img:
+    with open_photo(src) as img:
         img.draft("RGB", (size, size))
         return preprocess(img, size)
 
@@ -175,7 +176,7 @@ def load_views(src: ImageLike, sizes: Sequence[int]) -> list[np.ndarray]:
     if isinstance(src, Image.Image):
         img = _upright_rgb(src)
         return [_resize(img, s) for s in sizes]
-    with Image.open(src) as img:
+    with open_photo(src) as img:
         if img.format != "JPEG" or len({_draft_scale(img.size, s) for s in sizes}) == 1:
             img.draft("RGB", (max(sizes), max(sizes)))  # a no-op for other formats, as in load
             upright = _upright_rgb(img)

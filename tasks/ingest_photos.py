@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from models.photo_file import JPEG_EOI, decodable_bytes
 from tasks.ingest_base import OutsideDataFolder, SourceFileError, printable_name, resolve_inside
 
 # Larger photos are refused before decoding (decompression bombs); PIL's own guard is
@@ -35,7 +36,6 @@ VALIDATION_RULES = hashlib.sha256(
     f"{MAX_PIXELS}|{MAX_PHOTO_BYTES}|{sorted(READABLE_FORMATS)}|draft-decode+exif|eoi-repair|v2".encode()
 ).hexdigest()[:8]
 SAFE_NAME = re.compile(r"^[^./\\\x00-\x1f][^/\\\x00-\x1f]*$")
-JPEG_EOI = b"\xff\xd9"
 # Bytes placed between the data and the end marker in the completeness check: a decoder
 # that still needed scan data would read them as coefficients and change pixels.
 PROBE_PADDINGS = (b"\x00" * 64, b"\x55" * 64)
@@ -118,15 +118,6 @@ def jpeg_complete_without_eoi(data: bytes) -> bool:
         return all(np.array_equal(base, _decode_full(data + pad + JPEG_EOI)) for pad in PROBE_PADDINGS)
     except Exception:  # noqa: BLE001  (any decoder failure means: not repairable)
         return False
-
-
-def decodable_bytes(data: bytes) -> bytes:
-    """The bytes to decode for a photo ingest loaded: a JPEG without its end-of-image
-    marker gets the marker back (ingest loads such a photo only when
-    ``jpeg_complete_without_eoi`` holds; it is recorded as repaired)."""
-    if data[:2] == b"\xff\xd8" and not data.endswith(JPEG_EOI):
-        return data + JPEG_EOI
-    return data
 
 
 def _decode_check(data: bytes, name: str) -> tuple[str | None, dict, str | None]:

@@ -211,7 +211,9 @@ def sample_query_ids(results: pl.DataFrame, config: ReportConfig) -> list[str]:
 
 
 def write_thumbnail(src: Path, dest: Path, px: int) -> None:
-    with Image.open(src) as im:
+    from models.photo_file import open_photo  # a JPEG ingest loaded without its end marker gets it back
+
+    with open_photo(src) as im:
         im.draft("RGB", (px, px))
         im = ImageOps.exif_transpose(im).convert("RGB")
         im.thumbnail((px, px))
