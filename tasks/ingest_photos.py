@@ -107,13 +107,16 @@ def jpeg_complete_without_eoi(data: bytes) -> bool:
     Decodes ``data + FF D9`` (what Pillow's ``LOAD_TRUNCATED_IMAGES`` does for a JPEG,
     without that process-wide switch) and again with filler bytes before the marker.  A
     decoder that still needed data would read the filler as image data and change pixels;
-    identical pixels mean the last MCU was already decoded.  A progressive JPEG cut
-    before its last scan cannot be told from a complete one by its data, so it fails
-    this check (its first decode stops short) and stays quarantined.
+    identical pixels mean the last MCU was already decoded.  Only sequential (baseline)
+    JPEGs qualify: a progressive JPEG cut exactly between two scans decodes completely at
+    lower detail, so its data cannot show that nothing is missing; it stays quarantined.
     """
     if data.endswith(JPEG_EOI):
         return False
     try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.info.get("progressive") or img.info.get("progression"):
+                return False
         base = _decode_full(data + JPEG_EOI)
         return all(np.array_equal(base, _decode_full(data + pad + JPEG_EOI)) for pad in PROBE_PADDINGS)
     except Exception:  # noqa: BLE001  (any decoder failure means: not repairable)
