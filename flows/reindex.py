@@ -1,7 +1,7 @@
 """The nightly reindex: ingest -> targets -> compliance -> embeddings -> heads -> results.
 
     python -m flows.reindex [--data-dir DIR] [--warehouse DIR] [--top-k K] [--head auto]
-                            [--runner local|dask|tcp://scheduler:8786]
+                            [--runner local|dask|NAME|tcp://scheduler:8786]
 
 Runs on Prefect's ephemeral server by default, or on a running server when
 PREFECT_API_URL is set.  The warehouse is published atomically at the end.
@@ -25,7 +25,7 @@ from typing import Annotated, Literal
 
 import tasks  # noqa: F401  (torchvision shim first)
 from prefect import flow, get_run_logger
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from tasks import compliance, distributed, embed, evaluate, export, ingest, load, rank, report, train
 from tasks.config import default_data_dir, default_warehouse_dir
@@ -61,7 +61,8 @@ def reindex(
     = "auto",
     wait_for_lock_seconds: Annotated[float, Field(ge=0, description="If another reindex is running: wait this long, then refuse.")]
     = 0.0,
-    runner: Annotated[str, Field(pattern=r"^(local|dask|(tcp|tls)://\S+)$", description="Where the mapped shard tasks run: local, dask (a local cluster) or a scheduler address tcp://host:port.")]
+    runner: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,39}$", description="Where the mapped shard tasks run: local, dask (a local cluster) or the name of a scheduler configured in WITH_SENSE_DASK_SCHEDULERS (never an address)."),
+                      AfterValidator(distributed.check_runner_name)]
     = "local",
 ) -> dict:
     """Rebuild the search warehouse from the data folder and publish it atomically.
@@ -75,7 +76,7 @@ def reindex(
         top_k: Photos per saved query in search_results.
         head: Head that scores results; 'auto' picks the best on training folds.
         wait_for_lock_seconds: If another reindex is running: wait this long, then refuse.
-        runner: Where the mapped shard tasks run: local, dask (a local cluster) or a scheduler address tcp://host:port.
+        runner: Where the mapped shard tasks run: local, dask (a local cluster) or the name of a scheduler configured in WITH_SENSE_DASK_SCHEDULERS (never an address).
     """
     log = get_run_logger()
     started = time.monotonic()
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head", choices=["auto", "bridge", "lgbm", "mlp"], default="auto")
     p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for a running reindex")
     p.add_argument("--runner", type=distributed.check_runner, default="local",
-                   help="where shard tasks run: local | dask (local cluster, 2 workers) | tcp://scheduler:8786")
+                   help="where shard tasks run: local | dask (local cluster, 2 workers) | a name in "
+                        "WITH_SENSE_DASK_SCHEDULERS | tcp://scheduler:8786 (the shell only; the run form takes names)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     a = p.parse_args(argv)
     try:

@@ -5,8 +5,16 @@ ranking (shards of saved queries).  ``runner`` picks where those shard tasks run
 
 - ``local``             one process, one shard after another (Prefect's thread pool, one thread)
 - ``dask``              a Dask LocalCluster on this machine: 2 worker processes x 1 thread
-- ``tcp://host:8786``   the scheduler of an existing Dask cluster (``dask scheduler`` /
-                        ``dask worker tcp://host:8786`` on each machine)
+- a configured name     the scheduler of an existing Dask cluster (``dask scheduler`` /
+                        ``dask worker tcp://host:8786`` on each machine), named in the
+                        deployment's configuration: the worker's environment variable
+                        ``WITH_SENSE_DASK_SCHEDULERS='lab=tcp://10.0.0.5:8786,gpu=tls://...'``
+
+The flow parameter ``runner`` is a name, never an address: whoever can open the Prefect
+run form must not be able to send the model and results (pickled by Dask) to a scheduler
+of their choosing.  A name that is not ``local``, ``dask`` or configured is refused when
+the parameters are validated, before anything connects (``check_runner_name``).  The
+command line may still take an address (``check_runner``): the operator is at the shell.
 
 The tasks are the same whatever the runner, and so are the shards, so the tables are the
 same.  Shard tasks get paths and small arrays, never the gallery: they read what they need
@@ -20,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -33,6 +42,11 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from tasks.embed import cached_keys
 
 RUNNERS = ("local", "dask")
+SCHEDULERS_ENV = "WITH_SENSE_DASK_SCHEDULERS"
+RUNNER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+SCHEDULER_ADDRESS = re.compile(r"^(tcp|tls)://[A-Za-z0-9._\-\[\]:]+:[0-9]{1,5}$")
+# Addresses given on this process's command line, by the name the flow receives.
+_SHELL_SCHEDULERS: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -43,15 +57,55 @@ class ShardConfig:
     min_shards: int = 2
 
 
-def check_runner(runner: str) -> str:
-    if runner in RUNNERS or runner.startswith(("tcp://", "tls://")):
+def configured_schedulers(env: str | None = None) -> dict[str, str]:
+    """Scheduler addresses by name, from ``WITH_SENSE_DASK_SCHEDULERS`` (``env`` overrides
+    the environment's value): comma-separated ``name=tcp://host:port`` entries.  Raises
+    ValueError on an entry that is not a lower-case name and a tcp:// or tls:// address,
+    or that reuses 'local' or 'dask'."""
+    raw = os.environ.get(SCHEDULERS_ENV, "") if env is None else env
+    out: dict[str, str] = {}
+    for entry in filter(None, (e.strip() for e in raw.split(","))):
+        name, _, address = (part.strip() for part in entry.partition("="))
+        if not RUNNER_NAME.match(name) or name in RUNNERS or not SCHEDULER_ADDRESS.match(address):
+            raise ValueError(f"{SCHEDULERS_ENV}: {entry!r} is not name=tcp://host:port "
+                             "(a lower-case name other than local/dask, a tcp:// or tls:// address)")
+        out[name] = address
+    return out | _SHELL_SCHEDULERS
+
+
+def check_runner_name(runner: str) -> str:
+    """``runner`` if it is 'local', 'dask' or a configured scheduler name (the flow
+    parameter's validator: runs before the flow, so nothing has connected anywhere).
+    Raises ValueError naming the allowed choices."""
+    if runner in RUNNERS or runner in configured_schedulers():
         return runner
-    raise ValueError(f"runner must be 'local', 'dask' or a scheduler address like tcp://host:8786, not {runner!r}")
+    allowed = ", ".join(repr(n) for n in (*RUNNERS, *sorted(configured_schedulers())))
+    hint = " (scheduler addresses go in the deployment's configuration, not the run form)" if "://" in runner else ""
+    raise ValueError(f"runner must be one of {allowed}, not {runner[:80]!r}{hint}; "
+                     f"configure named schedulers in {SCHEDULERS_ENV}")
+
+
+def check_runner(runner: str) -> str:
+    """The command line's ``--runner``: a name (as ``check_runner_name``) or, since the
+    operator is at the shell, a scheduler address, registered in this process under the
+    name 'shell' (which is what the flow then receives)."""
+    if SCHEDULER_ADDRESS.match(runner):
+        _SHELL_SCHEDULERS["shell"] = runner
+        return "shell"
+    return check_runner_name(runner)
+
+
+def scheduler_address(runner: str) -> str | None:
+    """The address a configured name stands for (None for 'local' and 'dask');
+    ValueError for anything else."""
+    check_runner_name(runner)
+    return None if runner in RUNNERS else configured_schedulers()[runner]
 
 
 def task_runner(runner: str = "local", n_workers: int = 2) -> TaskRunner:
-    """A fresh (not yet started) Prefect task runner; a flow enters it with ``open_runner``."""
-    check_runner(runner)
+    """A fresh (not yet started) Prefect task runner; a flow enters it with ``open_runner``.
+    ``runner``: 'local', 'dask' or a configured scheduler name (ValueError otherwise)."""
+    address = scheduler_address(runner)
     if runner == "local":
         # One at a time: the single-process run the cluster run is compared with, and no
         # second encoder session competing for the same two cores.
@@ -66,7 +120,7 @@ def task_runner(runner: str = "local", n_workers: int = 2) -> TaskRunner:
         return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
             "n_workers": n_workers, "threads_per_worker": 1, "processes": True,
             "dashboard_address": None, "silence_logs": logging.WARNING})
-    return DaskTaskRunner(address=runner)
+    return DaskTaskRunner(address=address)
 
 
 @contextmanager
