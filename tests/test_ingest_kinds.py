@@ -212,3 +212,36 @@ def test_invisible_characters_inside_child_words_are_removed_and_noted(data):
     # The raw line keeps what the file held.
     assert caption_notes["raw_line"].str.contains("gi\u200brl").all()
     assert_ledger_adds_up(result)
+
+
+def _doc_sql(start: str) -> str:
+    """The first ```sql block of docs/compliance.md after the line containing ``start``."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "compliance.md").read_text()
+    after = text[text.index(start):]
+    return after[after.index("```sql\n") + 7:].split("```", 1)[0]
+
+
+def test_the_compliance_audit_query_rechecks_texts_instead_of_trusting_flags():
+    """A saved query 'gi\\u200brl' that the flags missed and that got photos is reported."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("create table search_results (run_id varchar, query_id varchar, query_text varchar, rank int,"
+                " image varchar, shown boolean, display varchar)")
+    con.execute("create table photo_flags (run_id varchar, image varchar, restricted boolean)")
+    con.execute("create table text_flags (run_id varchar, text_kind varchar, text_id varchar, flagged boolean)")
+    queries = {"q1": "A little gi\u200brl in a pink dress", "q2": "Two bo\u00adys play football",
+               "q3": "A dog runs on the grass"}
+    for n, (qid, text) in enumerate(queries.items()):
+        con.execute("insert into search_results values ('r1', ?, ?, 1, ?, true, 'photo')", [qid, text, f"p{n}.jpg"])
+        con.execute("insert into photo_flags values ('r1', ?, false)", [f"p{n}.jpg"])
+        con.execute("insert into text_flags values ('r1', 'query', ?, false)", [qid])  # the flags missed both
+    got = con.execute(_doc_sql("Is anything shown that must not be?")).fetchall()
+    assert got == [("r1", 0, 2)]
+    # With the texts fixed at ingest (no format characters) and the flags right, nothing is reported.
+    con.execute("update search_results set query_text = regexp_replace(query_text, '\\p{Cf}', '', 'g')")
+    con.execute("update text_flags set flagged = true where text_id in ('q1', 'q2')")
+    con.execute("update search_results set shown = false, image = null, "
+                "display = 'This image is unavailable in your country in compliance with local laws' "
+                "where query_id in ('q1', 'q2')")
+    assert con.execute(_doc_sql("Is anything shown that must not be?")).fetchall() == []
