@@ -336,6 +336,18 @@ def corrupt(clean_data: Path, dest: Path, outside: Path) -> tuple[Path, Expected
     (data / q).write_bytes(b"\n".join(lines))
     expected.append((q, n + 1, "NUL bytes"))
 
+    # Issue 14's inputs that must change nothing in the results: a lone CR line end, a
+    # byte-order mark mid-file, a zero-width space inside a child word, a gallery photo
+    # without its end-of-image marker (loaded as repaired, embedded like the original).
+    lines = (data / t).read_bytes().split(b"\n")
+    (data / t).write_bytes(b"\n".join(lines[:2]) + b"\r" + b"\n".join(lines[2:]))
+    lines = (data / e).read_bytes().split(b"\n")
+    lines[3] = b"\xef\xbb\xbf" + lines[3]
+    (data / e).write_bytes(b"\n".join(lines))
+    (data / t).write_bytes((data / t).read_bytes().replace(b"little girl", "little gi\u200brl".encode()))
+    gallery = data / "test_images" / "5010_test.jpg"
+    gallery.write_bytes(gallery.read_bytes()[:-2])
+
     photos = {
         "9000_zero.jpg": (lambda p: p.write_bytes(b""), "is empty (0 bytes)"),
         "9001_trunc.jpg": (lambda p: p.write_bytes(jpeg_bytes(3, (256, 192))[:3000]), "cannot be decoded"),
@@ -359,9 +371,8 @@ def corrupt(clean_data: Path, dest: Path, outside: Path) -> tuple[Path, Expected
     expected.append(("train_images/", ".DS_Store", "hidden file"))
     add("test_images.csv", "/etc/passwd", "not a plain file name")
     add("test_images.csv", "../train_images/1000_train.jpg", "not a plain file name")
-    # Photos named by rows but absent are quarantined as photos too.
-    expected += [("train_images/", "9999_nope.jpg", "not found"), ("train_images/", "9999_ghost.jpg", "not found"),
-                 ("test_images/", "9999_test.jpg", "not found")]
+    # Photos named by rows but absent quarantine those rows only: they are not files of
+    # the folder, so the folder's ledger counts no phantom photos.
     return data, expected
 
 
