@@ -278,6 +278,10 @@ RULE_CASES: dict[str, tuple[list[str], list[str]]] = {
         ["a baby in a playpen", "sitting in a high chair", "asleep in a stroller", "a woman changing a diaper", "breastfeeding in public", "a dad with a pacifier in his pocket"],
         ["a stroller parked outside", "a woman pushing a stroller", "a dog in a stroller", "a dog sits in a stroller", "puppies in a playpen", "a cat sleeping in a crib", "an adult diaper", "a dog wearing a diaper"],
     ),
+    "child_role": (
+        ["a pupil at her desk", "trick-or-treaters on the porch", "the choirboys process in", "a paperboy on a bike", "Cub Scouts at camp", "Brownies selling cakes"],
+        ["her pupils dilated in the light", "an optometrist checks the pupil size", "a box of Girl Scout cookies", "chocolate brownies on a plate"],
+    ),
 }
 
 POSITIVES = [(rule, text) for rule, (pos, _) in RULE_CASES.items() for text in pos]

@@ -32,6 +32,9 @@ __all__ = ["TextVerdict", "QueryVerdict", "classify_text", "classify_many", "fin
 MAX_QUERY_CHARS = 500
 JUDGED_LANGUAGES = ("en", "ru", "es", "de", "fr", "it", "pt")
 SEARCH_LANGUAGES = ("en",)
+# lingua's short-text guesses mix close languages (Russian/Ukrainian, Spanish/Catalan): a
+# text is "unsupported" only when the judged languages together stay under this share.
+UNJUDGED_SHARE = 0.3
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,14 @@ def classify_text(text: str, lexicon: Lexicon | None = None) -> TextVerdict:
 
 def _unsupported(guess: LanguageGuess) -> bool:
     # Only a confident guess blocks: a short English text with names may look foreign.
-    return guess.method == "lingua" and guess.code not in JUDGED_LANGUAGES and guess.confidence >= 0.5
+    # Russian text can look Ukrainian or Bulgarian: what counts is how likely a judged language is.
+    return guess.method == "lingua" and guess.code not in JUDGED_LANGUAGES and guess.judged_share < UNJUDGED_SHARE
+
+
+def _confident_foreign(text: str) -> bool:
+    # A short English query can look foreign to lingua ("dog beach"): refuse only a clear guess.
+    guess = detect_language(text)
+    return guess.code not in SEARCH_LANGUAGES and guess.confidence >= 0.5
 
 
 def classify_many(texts: Iterable[str], lexicon: Lexicon | None = None) -> list[TextVerdict]:
@@ -150,7 +160,8 @@ def check_query(text: str | None, lexicon: Lexicon | None = None) -> QueryVerdic
     v = classify_text(text, lexicon)
     if v.flagged and v.rule != "unsupported_language":
         return QueryVerdict("disclaimer", None, v)
-    if v.language not in SEARCH_LANGUAGES and v.language is not None and v.language != "und":
+    guess_confident = v.language is not None and v.language != "und"
+    if v.language not in SEARCH_LANGUAGES and guess_confident and _confident_foreign(v.normalized or text):
         name = LANGUAGE_NAMES.get(v.language, v.language)
         return QueryVerdict("refuse", f"search understands English only; this query looks {name}", v)
     if v.language == "und":

@@ -11,7 +11,7 @@ import bisect
 import re
 from typing import Iterator
 
-from tasks.text_safety.lexicon import Lexicon, Rule
+from tasks.text_safety.lexicon import Lexicon, Rule, any_cue
 from tasks.text_safety.numbers import parse_number, parse_ordinal, unit_in_years
 
 
@@ -125,6 +125,55 @@ def _subject_in(doc: Doc, start: int, guard: frozenset[str], lex: Lexicon) -> bo
     return _nearest_being_before(doc, j - 1, guard, lex)
 
 
+_DETERMINERS = frozenset("a an the our my his her their its your".split())
+_NAME_CONNECTORS = frozenset({"'s", "'", "t", "of", "the", "and", "ii", "&"})
+_CHILD_MODIFIERS = frozenset("little young small wee tiny baby big new two three four five six seven eight nine ten".split())
+_QUOTES = "\"'\u201c\u201d\u2018\u2019\u00ab\u00bb"
+
+
+def _appositive_in(doc: Doc, end: int, guard: frozenset[str], lex: Lexicon) -> bool:
+    """"Max, 11, a senior beagle": the phrase right after the age renames the subject as an animal."""
+    toks = doc.tokens
+    i = doc.first_at_or_after(end)
+    if i < len(toks) and toks[i][2] in _DETERMINERS:
+        i += 1
+    for _, _, tok in toks[i : i + 3]:
+        if tok in guard:
+            return True
+        if tok in lex.people or _is_boundary(tok, lex):
+            return False
+    return False
+
+
+def _in_title(doc: Doc, start: int, end: int, lex: Lexicon) -> bool:
+    """The match is part of a capitalised name ("Kid Creole", "Girls' Generation", "Baby Driver")
+    and a noun of a work or brand ("album", "concert", "soundtrack") follows outside that name."""
+    text, toks = doc.text, doc.tokens
+    if not text[start : start + 1].isupper() or not lex.titles:
+        return False
+    first, last = doc.first_at_or_after(start), doc.last_before(end)
+
+    def in_name(k: int) -> bool:
+        s, _, tok = toks[k]
+        return text[s].isupper() or tok in _NAME_CONNECTORS
+
+    lo, hi = first, last
+    while lo > 0 and in_name(lo - 1):
+        lo -= 1
+    while hi + 1 < len(toks) and in_name(hi + 1):
+        hi += 1
+    others = [
+        tok for k, (s, _, tok) in enumerate(toks[lo : hi + 1], start=lo)
+        if not first <= k <= last and text[s].isupper()
+        and tok not in lex.people and tok not in lex.function_words and tok not in _CHILD_MODIFIERS
+    ]
+    if not others:
+        return False
+    quoted = toks[lo][0] > 0 and text[toks[lo][0] - 1] in _QUOTES
+    outside = [tok for k, (_, _, tok) in enumerate(toks) if not lo <= k <= hi]
+    return quoted or any(tok in lex.titles for tok in outside)
+
+
 def _age_of(match: re.Match[str]) -> float | None:
     """Age in years stated by an age-rule match, or None when no number could be read."""
     groups = {k: v for k, v in match.groupdict().items() if v is not None}
@@ -139,23 +188,30 @@ def _age_of(match: re.Match[str]) -> float | None:
     return unit_in_years(unit) if unit else None
 
 
+# Exceptions are phrases of a few words: looking this far around a match finds any that overlaps it.
+_UNLESS_WINDOW = 100
+
+
+def _cancelled(rule: Rule, text: str, start: int, end: int) -> bool:
+    lo, hi = max(0, start - _UNLESS_WINDOW), min(len(text), end + _UNLESS_WINDOW)
+    window = text[lo:hi].lower()
+    return any(
+        s < end and start < e
+        for cues, regex in rule.unless
+        if any_cue(cues, window)
+        for s, e in (u.span() for u in regex.finditer(text, lo, hi))
+    )
+
+
 def rule_hits(rule: Rule, doc: Doc, lex: Lexicon) -> Iterator[re.Match[str]]:
-    unless_spans: list[tuple[int, int]] | None = None
     for m in rule.regex.finditer(doc.text):
         if rule.kind == "age":
             age = _age_of(m)
             # An unreadable number blocks: the pattern already said "age".
             if age is not None and age >= rule.flag_below:
                 continue
-        if rule.unless:
-            if unless_spans is None:
-                unless_spans = [
-                    u.span()
-                    for regex in rule.unless
-                    for u in regex.finditer(doc.text)
-                ]
-            if any(s < m.end() and m.start() < e for s, e in unless_spans):
-                continue
+        if rule.unless and _cancelled(rule, doc.text, m.start(), m.end()):
+            continue
         start, end = m.span()
         next_guard = rule.next_noun
         possessor = _POSSESSIVE_END.sub("", m.group(0))
@@ -176,5 +232,9 @@ def rule_hits(rule: Rule, doc: Doc, lex: Lexicon) -> Iterator[re.Match[str]]:
         if rule.nearest_being and _nearest_being_before(doc, doc.last_before(start), rule.nearest_being, lex):
             continue
         if rule.subject and _subject_in(doc, start, rule.subject, lex):
+            continue
+        if rule.appositive and _appositive_in(doc, end, rule.appositive, lex):
+            continue
+        if rule.in_titles and _in_title(doc, start, end, lex):
             continue
         yield m

@@ -27,6 +27,7 @@ LANGUAGE_NAMES = {
     "en": "English", "ru": "Russian", "es": "Spanish", "de": "German", "fr": "French",
     "it": "Italian", "pt": "Portuguese", "und": "undetermined",
 }
+_JUDGED = frozenset({"en", "ru", "es", "de", "fr", "it", "pt"})
 _STEMMERS = {"ru": "russian", "es": "spanish", "de": "german", "fr": "french", "it": "italian", "pt": "portuguese"}
 # Languages lingua weighs against each other: the judged ones plus the most common others,
 # so that Polish or Chinese is named as such rather than forced onto the nearest judged one.
@@ -35,9 +36,13 @@ _CANDIDATES = (
     "CHINESE JAPANESE KOREAN ARABIC HINDI SWEDISH CZECH GREEK HEBREW INDONESIAN VIETNAMESE "
     "PERSIAN ROMANIAN HUNGARIAN FINNISH DANISH BOKMAL"
 ).split()
-ENGLISH_SHARE = 0.7  # share of common-English words above which a text is English without lingua
+ENGLISH_SHARE = 0.9  # share of common-English words above which a text is English without lingua
 _ENGLISH_WORD_COUNT = 500_000
 _TOKEN = re.compile(r"[^\W\d_]+")
+# With one of these a text is English when half its words are common English: "a snowboarder".
+_ENGLISH_FUNCTION_WORDS = frozenset(
+    "a an the of in on at with and is are was to for his her their its from by while into".split()
+)
 
 
 @dataclass(frozen=True)
@@ -45,13 +50,15 @@ class LanguageGuess:
     code: str          # ISO 639-1 ("en", "ru", ...), or "und" for a text without letters
     confidence: float  # 0..1; 1.0 for the vocabulary test
     method: str        # "vocabulary", "lingua" or "none"
+    judged_share: float = 1.0  # lingua's confidence summed over the languages the filter reads
 
 
 @lru_cache(maxsize=1)
 def _detector():
     from lingua import Language, LanguageDetectorBuilder
 
-    return LanguageDetectorBuilder.from_languages(*(getattr(Language, n) for n in _CANDIDATES)).build()
+    return (LanguageDetectorBuilder.from_languages(*(getattr(Language, n) for n in _CANDIDATES))
+            .with_low_accuracy_mode().build())
 
 
 def detect_language(text: str) -> LanguageGuess:
@@ -59,21 +66,23 @@ def detect_language(text: str) -> LanguageGuess:
     words = _TOKEN.findall(text.lower())
     if not words:
         return LanguageGuess("und", 0.0, "none")
-    if all(w.isascii() for w in words):
-        common = sum(english_count(w) >= _ENGLISH_WORD_COUNT for w in words)
-        if common >= ENGLISH_SHARE * len(words):
-            return LanguageGuess("en", 1.0, "vocabulary")
+    common = sum(w.isascii() and english_count(w) >= _ENGLISH_WORD_COUNT for w in words)
+    has_function_word = any(w in _ENGLISH_FUNCTION_WORDS for w in words)
+    if common >= (0.5 if has_function_word else ENGLISH_SHARE) * len(words):
+        return LanguageGuess("en", 1.0, "vocabulary")
     values = _detector().compute_language_confidence_values(text)
     if not values:
         return LanguageGuess("und", 0.0, "lingua")
     top = values[0]
-    return LanguageGuess(top.language.iso_code_639_1.name.lower(), float(top.value), "lingua")
+    judged = sum(float(v.value) for v in values if v.language.iso_code_639_1.name.lower() in _JUDGED)
+    return LanguageGuess(top.language.iso_code_639_1.name.lower(), float(top.value), "lingua", judged)
 
 
 @dataclass(frozen=True)
 class ForeignLexicon:
     words: dict[str, frozenset[str]]  # language -> listed forms, lower case
     stems: dict[str, frozenset[str]]  # language -> their Snowball stems
+    prefixes: frozenset[str] = frozenset()  # first two letters of every word and stem: a cheap pre-check
 
 
 @lru_cache(maxsize=8)
@@ -91,7 +100,13 @@ def build_foreign_lexicon(raw: dict[str, list[str]]) -> ForeignLexicon:
     """``raw``: language code -> child words as written in the TOML."""
     words = {lang: frozenset(_norm(w) for w in entries) for lang, entries in raw.items() if lang in _STEMMERS}
     stems = {lang: frozenset(_stemmer(lang).stemWords(sorted(ws))) for lang, ws in words.items()}
-    return ForeignLexicon(words, stems)
+    prefixes = frozenset(w[:2] for group in (*words.values(), *stems.values()) for w in group)
+    return ForeignLexicon(words, stems, prefixes)
+
+
+@lru_cache(maxsize=65536)
+def _stem(lang: str, word: str) -> str:
+    return _stemmer(lang).stemWord(word)
 
 
 def foreign_child_word(text: str, guess: LanguageGuess, lex: ForeignLexicon) -> tuple[str, str] | None:
@@ -101,13 +116,15 @@ def foreign_child_word(text: str, guess: LanguageGuess, lex: ForeignLexicon) -> 
         return None
     for token in tokens:
         low = _norm(token)
+        if low[:2] not in lex.prefixes and guess.code != "de":
+            continue
         cyrillic = not low.isascii() and "а" <= low[0] <= "я"
         for lang, words in lex.words.items():
             if (lang == "ru") != cyrillic:
                 continue
             if guess.code != lang and low.isascii() and english_count(low) >= _ENGLISH_WORD_COUNT:
                 continue
-            if low in words or _stemmer(lang).stemWord(low) in lex.stems[lang]:
+            if low in words or _stem(lang, low) in lex.stems[lang]:
                 return lang, token
             if lang == "de" and guess.code == "de" and any(low[i:] in words for i in range(2, len(low) - 3)):
                 return lang, token

@@ -23,6 +23,8 @@ from tasks.config import PROJECT_ROOT
 from tasks.text_safety.language import ForeignLexicon, build_foreign_lexicon
 from tasks.text_safety.numbers import (
     APOSTROPHE,
+    NUMBER_CUES,
+    ORDINAL_CUES,
     NUMBER_RE,
     ORDINAL_RE,
     SEP_OPTIONAL,
@@ -173,6 +175,8 @@ _RULE_KEYS = {
     "skip_if_owner_in",
     "skip_if_nearest_being_in",
     "skip_if_subject_in",
+    "skip_if_appositive_in",
+    "skip_in_titles",
 }
 _LIST_KEYS = {"animals", "things", "people", "function_words", "copulas", "hedges"}
 
@@ -184,13 +188,15 @@ class Rule:
     kind: str  # "words" (any match blocks) or "age" (the number must be below flag_below)
     regex: re.Pattern[str]
     cues: frozenset[str] | None  # one of these lower-case strings is in every match; None: no shortcut
-    unless: tuple[re.Pattern[str], ...]
+    unless: tuple[tuple[frozenset[str] | None, re.Pattern[str]], ...]  # (cues, exception)
     flag_below: float
     next_noun: frozenset[str]
     next_noun_after_possessive: frozenset[str]
     owner: frozenset[str]
     nearest_being: frozenset[str]
     subject: frozenset[str]
+    appositive: frozenset[str] = frozenset()
+    in_titles: bool = False  # a capitalised name of a work or brand does not count
 
 
 @dataclass(frozen=True)
@@ -271,7 +277,7 @@ def _compile_rule(
         kind=kind,
         regex=regex,
         cues=_rule_cues(words, patterns, lists),
-        unless=tuple(unless),
+        unless=tuple((_pattern_cues(p, lists), u) for p, u in zip(raw.get("unless", []), unless)),
         flag_below=float(raw.get("flag_below", default_age)),
         next_noun=_guard_set(raw, "skip_if_next_noun_in", lists, where),
         # After a possessive an animal does not cancel ("a girl's dog"); an
@@ -280,6 +286,8 @@ def _compile_rule(
         owner=_guard_set(raw, "skip_if_owner_in", lists, where),
         nearest_being=_guard_set(raw, "skip_if_nearest_being_in", lists, where),
         subject=_guard_set(raw, "skip_if_subject_in", lists, where),
+        appositive=_guard_set(raw, "skip_if_appositive_in", lists, where),
+        in_titles=bool(raw.get("skip_in_titles", False)),
     )
 
 
@@ -312,15 +320,17 @@ def _pattern_cues(pattern: str, lists: dict[str, list[str]]) -> frozenset[str] |
             close = _group_end(pattern, i)
             body = pattern[i + 1 : close]
             after = pattern[close + 1 : close + 2]
-            if depth == 0 and after not in ("?", "*") and re.fullmatch(r"[a-z]+s?\??(\|[a-z]+s?\??)*", body):
-                alternatives = [a.rstrip("?").removesuffix("s") if a.endswith("s?") else a for a in body.split("|")]
-                if min(map(len, alternatives)) >= 3:
-                    candidates.append(frozenset(alternatives))
+            if depth == 0 and after not in ("?", "*"):
+                found = _group_cues(body)
+                if found:
+                    candidates.append(found)
             i = close + 1
             continue
-        if ch == "{" and depth == 0 and (m := re.match(r"\{([a-z_]+)\}", pattern[i:])):
+        if ch == "{" and depth == 0 and (m := re.match(r"\{([a-z_][a-z0-9_]*)\}", pattern[i:])):
             if m.group(1) in lists and not optional:
                 candidates.append(frozenset(_entry_cue(e) for e in lists[m.group(1)]))
+            elif m.group(1) in ("n", "nth") and not optional:
+                candidates.append(NUMBER_CUES if m.group(1) == "n" else ORDINAL_CUES)
             i += m.end()
             continue
         if ch == "|" and depth == 0:
@@ -329,6 +339,18 @@ def _pattern_cues(pattern: str, lists: dict[str, list[str]]) -> frozenset[str] |
     if len(run) >= 3:
         candidates.append(frozenset([run]))
     return max(candidates, key=lambda c: (min(map(len, c)), -len(c))) if candidates else None
+
+
+def _group_cues(body: str) -> frozenset[str] | None:
+    """Cues of a group: "(stroller|pram|car seat)", "(?-i:Year)", "(?P<n>\\d{1,2})"."""
+    if body.startswith("?P<n>"):
+        return NUMBER_CUES
+    if m := re.fullmatch(r"\?-i:([A-Za-z]{3,})", body):
+        return frozenset([m.group(1).lower()])
+    if not re.fullmatch(r"[a-z][a-z \-']*s?\??(\|[a-z][a-z \-']*s?\??)*", body):
+        return None
+    alternatives = [re.split(r"[ \-']", a[:-2] if a.endswith("s?") else a)[0] for a in body.split("|")]
+    return frozenset(alternatives) if min(map(len, alternatives)) >= 2 else None
 
 
 def _group_end(pattern: str, start: int) -> int:
@@ -364,6 +386,10 @@ def _rule_cues(words: list[str], patterns: list[str], lists: dict[str, list[str]
 
 def cues_present(rule: Rule, lowered: str) -> bool:
     return rule.cues is None or any(c in lowered for c in rule.cues)
+
+
+def any_cue(cues: frozenset[str] | None, lowered: str) -> bool:
+    return cues is None or any(c in lowered for c in cues)
 
 
 def _parse_lexicon(content: bytes, path: Path) -> Lexicon:

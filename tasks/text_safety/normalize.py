@@ -14,7 +14,7 @@ steps that changed it; the stored and shown text is never modified.  Steps, in o
 6. ``spaced``: single letters joined by one separator: "b.o.y", "k i d s" -> "boy", "kids".
 7. ``split``: hashtags, CamelCase, underscores and joined words that contain a head word
    split with ``wordsegment`` (English unigram frequencies): "#toddlerlife" -> "toddler life".
-8. ``fuzzy``: a word that is not common English and is one edit (two for words of 7+
+8. ``fuzzy``: a word that is not common English and is one edit (two for rare words of 7+
    letters; transpositions count once) from a head word, with the same first letter,
    becomes that head word (``rapidfuzz`` OSA distance): "chidlren" -> "children".
 
@@ -33,6 +33,7 @@ __all__ = ["Normalized", "normalize", "english_count"]
 
 # A word this common in English web text is a real word, not a misspelling of a head word.
 COMMON_WORD_COUNT = 1_000_000
+RARE_WORD_COUNT = 100_000
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ def _fold_confusables(text: str) -> str:
 
 
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i", "|": "l"})
+_LEET_L = str.maketrans({"0": "o", "1": "l", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "l", "|": "l"})
 _LEET_WORD = re.compile(r"(?<![\w@$!|])[a-z][a-z0-9@$!|]*[0-9@$!|][a-z0-9@$!|]*[a-z](?![\w@$!|])", re.IGNORECASE)
 _SPACED = re.compile(r"(?<![\w.])([A-Za-z])(?:([.\-*_ ])[A-Za-z])(?:\2[A-Za-z])+(?![\w])")
 _HASHTAG = re.compile(r"#(\w+)")
@@ -133,9 +135,12 @@ _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 
 def _leet(text: str) -> str:
     def repl(m: re.Match[str]) -> str:
-        word = m.group(0).translate(_LEET)
         # Kept only when it reads as a real word: "U12s" and "mp3s" are left alone.
-        return word if english_count(word.lower()) >= COMMON_WORD_COUNT else m.group(0)
+        for table in (_LEET, _LEET_L):
+            word = m.group(0).translate(table)
+            if english_count(word.lower()) >= COMMON_WORD_COUNT:
+                return word
+        return m.group(0)
 
     return _LEET_WORD.sub(repl, text)
 
@@ -147,6 +152,8 @@ def _unspace(text: str) -> str:
 def _split_word(word: str, heads: frozenset[str]) -> str:
     lower = word.lower()
     if lower in heads or len(lower) < 5 or not any(h in lower for h in heads):
+        return word
+    if english_count(lower) >= COMMON_WORD_COUNT:  # "childless", "kidnapped": a word of its own
         return word
     import wordsegment
 
@@ -171,7 +178,8 @@ def _nearest_head(word: str, heads: tuple[str, ...]) -> str | None:
     for head in heads:
         if head[0] != lower[0] or abs(len(head) - len(lower)) > 2:
             continue
-        limit = 2 if min(len(head), len(lower)) >= 7 else 1
+        # Two edits only for long, rare words: "skoolgirl" yes, "childless" (a real word) no.
+        limit = 2 if min(len(head), len(lower)) >= 7 and english_count(lower) < RARE_WORD_COUNT else 1
         d = OSA.distance(lower, head, score_cutoff=limit)
         if d <= limit and d < best_d:
             best, best_d = head, d

@@ -65,6 +65,12 @@ ORDINAL_RE = (
 )
 UNIT_RE = r"(?:years?|yrs?\.?|months?|mos?|mths?|weeks?|wks?|days?|hours?|hrs?)"
 
+# Every {n} match contains one of these strings, every {nth} match one of the second set:
+# a cheap test that lets an age rule skip a text without a number.
+NUMBER_CUES = frozenset("0123456789") | frozenset(_UNIT_WORDS + _TENS_WORDS + ["hundred", "thousand", "dozen"]) | frozenset(
+    ["few", "couple", "several", "\u00bd"])
+ORDINAL_CUES = frozenset("0123456789") | frozenset(_ORDINAL_UNITS + _ORDINAL_TENS)
+
 _ONE_NUMBER_PARSE = re.compile(_ONE_NUMBER_RE, re.IGNORECASE)
 _WORD_SPLIT = re.compile(r"[\s\-\u2010-\u2015]+")
 
