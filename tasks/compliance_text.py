@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from tasks.text_safety.classifier import (
     MAX_QUERY_CHARS,
+    REFUSALS,
     QueryVerdict,
     TextVerdict,
     check_query,
@@ -40,6 +41,7 @@ __all__ = [
     "MAX_QUERY_CHARS",
     "Normalized",
     "QueryVerdict",
+    "REFUSALS",
     "Rule",
     "TextVerdict",
     "check_query",

@@ -24,7 +24,7 @@ from tasks.text_safety.lexicon import Lexicon, cues_present, load_lexicon
 from tasks.text_safety.normalize import normalize
 
 __all__ = ["TextVerdict", "QueryVerdict", "classify_text", "classify_many", "find_matches", "check_query",
-           "MAX_QUERY_CHARS"]
+           "MAX_QUERY_CHARS", "REFUSALS"]
 
 # Longer than any scene description a person types (the real test queries are < 200
 # characters); beyond it a "query" is pasted text, which the text encoder would truncate
@@ -133,11 +133,12 @@ class QueryVerdict:
     """What to do with one search query.
 
     ``action``: "search" (rank photos), "disclaimer" (describes a child: the legal
-    disclaimer, no photos) or "refuse" (blank, too long, or a language the relevance
-    model cannot serve: ``message`` says why; no photos).
+    disclaimer, no photos) or "refuse" (no photos; ``code`` is one of ``REFUSALS`` and
+    ``message`` says why in a sentence a user can act on).
     """
 
     action: str
+    code: str | None
     message: str | None
     verdict: TextVerdict | None
 
@@ -146,24 +147,27 @@ class QueryVerdict:
         return self.action == "search"
 
 
+REFUSALS = ("blank_query", "query_too_long", "unsupported_language", "not_english")
+
+
 def check_query(text: str | None, lexicon: Lexicon | None = None) -> QueryVerdict:
-    """Decide how a query is answered; the child check always runs first when there is text."""
+    """Decide how a query is answered.  Order: blank, describes a child (judged in full,
+    whatever its length), too long, a language that cannot be judged, not English."""
     if text is None or not str(text).strip():
-        return QueryVerdict("refuse", "empty query: type a scene to search for", None)
+        return QueryVerdict("refuse", "blank_query", "empty query: type a scene to search for", None)
     text = str(text)
-    if len(text) > MAX_QUERY_CHARS:
-        # Judged in full all the same, so a blocked query is reported as blocked.
-        v = classify_text(text, lexicon)
-        if v.flagged and v.rule != "unsupported_language":
-            return QueryVerdict("disclaimer", None, v)
-        return QueryVerdict("refuse", f"query too long: {len(text)} characters, at most {MAX_QUERY_CHARS}", v)
     v = classify_text(text, lexicon)
     if v.flagged and v.rule != "unsupported_language":
-        return QueryVerdict("disclaimer", None, v)
-    guess_confident = v.language is not None and v.language != "und"
-    if v.language not in SEARCH_LANGUAGES and guess_confident and _confident_foreign(v.normalized or text):
-        name = LANGUAGE_NAMES.get(v.language, v.language)
-        return QueryVerdict("refuse", f"search understands English only; this query looks {name}", v)
+        return QueryVerdict("disclaimer", None, None, v)
+    if len(text) > MAX_QUERY_CHARS:
+        return QueryVerdict("refuse", "query_too_long",
+                            f"query too long: {len(text)} characters, at most {MAX_QUERY_CHARS}", v)
+    if v.rule == "unsupported_language":
+        return QueryVerdict("refuse", "unsupported_language",
+                            f"this query's language ({v.language}) cannot be checked or searched; search in English", v)
     if v.language == "und":
-        return QueryVerdict("refuse", "query has no words to search for", v)
-    return QueryVerdict("search", None, v)
+        return QueryVerdict("refuse", "blank_query", "query has no words to search for", v)
+    if v.language not in SEARCH_LANGUAGES and _confident_foreign(v.normalized or text):
+        name = LANGUAGE_NAMES.get(v.language or "", v.language)
+        return QueryVerdict("refuse", "not_english", f"search understands English only; this query looks {name}", v)
+    return QueryVerdict("search", None, None, v)

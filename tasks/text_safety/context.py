@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from functools import lru_cache
 from typing import Iterator
 
 from tasks.text_safety.lexicon import Lexicon, Rule, any_cue
@@ -67,7 +68,7 @@ def _next_noun_in(doc: Doc, end: int, guard: frozenset[str], lex: Lexicon) -> bo
     for tok in (t for _, _, t in toks[i : i + 3]):
         if _is_boundary(tok, lex) or tok.isdigit():
             return False
-        if tok in guard:
+        if _names_one_of(tok, guard):
             return True
         if tok in lex.people:
             return False
@@ -135,14 +136,29 @@ def _appositive_in(doc: Doc, end: int, guard: frozenset[str], lex: Lexicon) -> b
     """"Max, 11, a senior beagle": the phrase right after the age renames the subject as an animal."""
     toks = doc.tokens
     i = doc.first_at_or_after(end)
+    if i < len(toks) and toks[i][2] == ",":  # "Rex (8), a retired police dog"
+        i += 1
     if i < len(toks) and toks[i][2] in _DETERMINERS:
         i += 1
     for _, _, tok in toks[i : i + 3]:
-        if tok in guard:
+        if _names_one_of(tok, guard):
             return True
         if tok in lex.people or _is_boundary(tok, lex):
             return False
     return False
+
+
+def _names_one_of(tok: str, guard: frozenset[str]) -> bool:
+    """``tok`` is in ``guard`` or a compound ending in a longer entry: "goldfish", "wolfhound"."""
+    if tok in guard:
+        return True
+    suffixes = _long_entries(guard)
+    return bool(suffixes) and len(tok) > 4 and tok.endswith(suffixes)
+
+
+@lru_cache(maxsize=64)
+def _long_entries(guard: frozenset[str]) -> tuple[str, ...]:
+    return tuple(sorted(w for w in guard if len(w) >= 4 and w.isalpha()))
 
 
 def _in_title(doc: Doc, start: int, end: int, lex: Lexicon) -> bool:

@@ -83,6 +83,7 @@ class ForeignLexicon:
     words: dict[str, frozenset[str]]  # language -> listed forms, lower case
     stems: dict[str, frozenset[str]]  # language -> their Snowball stems
     prefixes: frozenset[str] = frozenset()  # first two letters of every word and stem: a cheap pre-check
+    loan_phrases: tuple[str, ...] = ()  # "enfant terrible": removed before matching
 
 
 @lru_cache(maxsize=8)
@@ -97,11 +98,12 @@ def _norm(word: str) -> str:
 
 
 def build_foreign_lexicon(raw: dict[str, list[str]]) -> ForeignLexicon:
-    """``raw``: language code -> child words as written in the TOML."""
+    """``raw``: language code -> child words as written in the TOML, and ``english_loan_phrases``."""
     words = {lang: frozenset(_norm(w) for w in entries) for lang, entries in raw.items() if lang in _STEMMERS}
     stems = {lang: frozenset(_stemmer(lang).stemWords(sorted(ws))) for lang, ws in words.items()}
     prefixes = frozenset(w[:2] for group in (*words.values(), *stems.values()) for w in group)
-    return ForeignLexicon(words, stems, prefixes)
+    loans = tuple(_norm(p) for p in raw.get("english_loan_phrases", []))
+    return ForeignLexicon(words, stems, prefixes, loans)
 
 
 @lru_cache(maxsize=65536)
@@ -111,7 +113,10 @@ def _stem(lang: str, word: str) -> str:
 
 def foreign_child_word(text: str, guess: LanguageGuess, lex: ForeignLexicon) -> tuple[str, str] | None:
     """First token that is a child word of a judged language other than English, as (language, token)."""
-    tokens = _TOKEN.findall(text)
+    lowered = _norm(text)
+    for phrase in lex.loan_phrases:
+        lowered = lowered.replace(phrase, " ")
+    tokens = _TOKEN.findall(lowered)
     if not tokens or not lex.words:
         return None
     for token in tokens:
