@@ -20,7 +20,8 @@ from typing import Iterable
 
 from tasks.text_safety.context import Doc, rule_hits
 from tasks.text_safety.language import LANGUAGE_NAMES, LanguageGuess, detect_language, foreign_child_word
-from tasks.text_safety.lexicon import Lexicon, cues_present, load_lexicon
+from tasks.text_safety.cues import cues_present
+from tasks.text_safety.lexicon import Lexicon, load_lexicon
 from tasks.text_safety.normalize import normalize
 
 __all__ = ["TextVerdict", "QueryVerdict", "classify_text", "classify_many", "find_matches", "check_query",

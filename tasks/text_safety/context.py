@@ -12,7 +12,8 @@ import re
 from functools import lru_cache
 from typing import Iterator
 
-from tasks.text_safety.lexicon import Lexicon, Rule, any_cue
+from tasks.text_safety.cues import any_cue
+from tasks.text_safety.lexicon import Lexicon, Rule
 from tasks.text_safety.numbers import parse_number, parse_ordinal, unit_in_years
 
 
@@ -210,10 +211,11 @@ _UNLESS_WINDOW = 100
 
 def _cancelled(rule: Rule, text: str, start: int, end: int) -> bool:
     lo, hi = max(0, start - _UNLESS_WINDOW), min(len(text), end + _UNLESS_WINDOW)
+    candidates = rule.unless
     window = text[lo:hi].lower()
     return any(
         s < end and start < e
-        for cues, regex in rule.unless
+        for cues, regex in candidates
         if any_cue(cues, window)
         for s, e in (u.span() for u in regex.finditer(text, lo, hi))
     )
