@@ -3,8 +3,8 @@
     python bench/text_filter.py [--baseline REV] [--cases tests/fixtures/text_safety_cases.tsv]
 
 Labels: tests/fixtures/text_safety_cases.tsv (hand-written; ``expected`` block/allow, ``kind``,
-``split`` dev/holdout; the holdout third was written with the rest and not looked at while
-tuning).  For each kind: share blocked (recall for child kinds, false-block rate for
+``split`` dev/holdout; the holdout third was written with the rest and set aside; its
+figures from before any of it was seen are in bench/results/text_filter_holdout_first_look.md).  For each kind: share blocked (recall for child kinds, false-block rate for
 look-alike kinds).  Real data (data/with_sense, when present): how many train captions and
 test queries are flagged, and the throughput on them.  ``--baseline REV`` runs the same on
 the classifier and lexicon of a git revision (the BEFORE column).
@@ -140,7 +140,7 @@ def markdown(result: dict) -> str:
         f"- date: {result['date']}",
         f"- machine: {result['machine']}",
         f"- command: `{result['command']}`",
-        f"- labels: {result['cases']} ({result['n_cases']} hand-written texts; holdout = a third not looked at while tuning)",
+        f"- labels: {result['cases']} ({result['n_cases']} hand-written texts; holdout = a third set aside; its figures before any of it was seen: text_filter_holdout_first_look.md)",
         "",
         "| side | kind | n | blocked before | blocked after | after, holdout only |",
         "|---|---|---|---|---|---|",

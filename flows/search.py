@@ -38,6 +38,7 @@ class NoPublishedRun(RuntimeError):
 
 
 def run_search(queries: list[str], warehouse_dir: Path, k: int = 5) -> list[dict]:
+    queries = list(queries) or [""]  # no query at all is answered like a blank one
     checks = [check_query(q) for q in queries]
     if not any(c.searchable for c in checks):  # nothing to rank: no warehouse needed
         return [_unranked_row(q, c) for q, c in zip(queries, checks)]

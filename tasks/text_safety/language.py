@@ -41,7 +41,8 @@ _ENGLISH_WORD_COUNT = 500_000
 _TOKEN = re.compile(r"[^\W\d_]+")
 # With one of these a text is English when half its words are common English: "a snowboarder".
 _ENGLISH_FUNCTION_WORDS = frozenset(
-    "a an the of in on at with and is are was to for his her their its from by while into".split()
+    "a an the of in on at with and is are was to for his her their its from by while into "
+    "through near over under up down as it this that one two three some".split()
 )
 
 

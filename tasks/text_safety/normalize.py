@@ -44,15 +44,36 @@ class Normalized:
 
 @lru_cache(maxsize=1)
 def _unigrams() -> dict[str, float]:
+    """Words seen at least RARE_WORD_COUNT times in wordsegment's English unigram table.
+
+    The file is sorted by count, so reading stops at the first rarer word: a third of the
+    table, and no judgement here needs to tell two rarer words apart.
+    """
+    import wordsegment
+
+    counts: dict[str, float] = {}
+    with open(wordsegment.Segmenter.UNIGRAMS_FILENAME, encoding="utf-8") as reader:
+        for line in reader:
+            word, count = line.rstrip("\n").split("\t")
+            if float(count) < RARE_WORD_COUNT:
+                break
+            counts[word] = float(count)
+    return counts
+
+
+@lru_cache(maxsize=1)
+def _segmenter():
+    # The full unigram and bigram tables, loaded only when a joined word needs splitting.
     import wordsegment
 
     if not wordsegment.UNIGRAMS:
         wordsegment.load()
-    return wordsegment.UNIGRAMS
+    return wordsegment.segment
 
 
 def english_count(word: str) -> float:
-    """Occurrences of a lower-case word in wordsegment's English unigram table (0 if absent)."""
+    """Occurrences of a lower-case word in wordsegment's English unigram table (0 if absent
+    or rarer than RARE_WORD_COUNT)."""
     return _unigrams().get(word, 0.0)
 
 
@@ -155,10 +176,7 @@ def _split_word(word: str, heads: frozenset[str]) -> str:
         return word
     if english_count(lower) >= COMMON_WORD_COUNT:  # "childless", "kidnapped": a word of its own
         return word
-    import wordsegment
-
-    _unigrams()
-    pieces = wordsegment.segment(lower)
+    pieces = _segmenter()(lower)
     return " ".join(pieces) if len(pieces) > 1 and any(p in heads for p in pieces) else word
 
 
