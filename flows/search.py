@@ -25,7 +25,7 @@ import tasks  # noqa: F401
 from prefect import flow
 from pydantic import Field
 
-from tasks.compliance_text import classify_many
+from tasks.compliance_text import QueryVerdict, check_query
 from tasks.config import DISCLAIMER, default_warehouse_dir
 from tasks.embed import encoder_dir, load_cached
 from tasks.rank import top_k
@@ -38,6 +38,10 @@ class NoPublishedRun(RuntimeError):
 
 
 def run_search(queries: list[str], warehouse_dir: Path, k: int = 5) -> list[dict]:
+    queries = list(queries) or [""]  # no query at all is answered like a blank one
+    checks = [check_query(q) for q in queries]
+    if not any(c.searchable for c in checks):  # nothing to rank: no warehouse needed
+        return [_unranked_row(q, c) for q, c in zip(queries, checks)]
     wh = Warehouse(Path(warehouse_dir))
     if not wh.db_path.exists():
         raise NoPublishedRun(f"no warehouse at {wh.db_path}: run `python -m flows.reindex` first")
@@ -60,8 +64,7 @@ def run_search(queries: list[str], warehouse_dir: Path, k: int = 5) -> list[dict
     restricted = dict(zip(photos["image"], photos["restricted"]))
     img = np.stack([cached[s] for s in photos["sha256"] if s in cached]) if gallery else None
 
-    verdicts = classify_many(queries)
-    allowed = [i for i, v in enumerate(verdicts) if not v.flagged]
+    allowed = [i for i, c in enumerate(checks) if c.searchable]
     out: list[dict] = []
     scores = None
     if allowed and gallery:
@@ -71,9 +74,8 @@ def run_search(queries: list[str], warehouse_dir: Path, k: int = 5) -> list[dict
         scores = model.score_matrix(img, txt, head)
     row_of = {q: r for r, q in enumerate(allowed)}
     for i, q in enumerate(queries):
-        if verdicts[i].flagged:
-            out.append({"query": q, "rank": None, "image": None, "score": None, "shown": False,
-                        "disclaimer": DISCLAIMER, "display": DISCLAIMER})
+        if not checks[i].searchable:
+            out.append(_unranked_row(q, checks[i]))
             continue
         if scores is None:
             continue
@@ -85,6 +87,15 @@ def run_search(queries: list[str], warehouse_dir: Path, k: int = 5) -> list[dict
                         "shown": not hidden, "disclaimer": DISCLAIMER if hidden else None,
                         "display": DISCLAIMER if hidden else name})
     return out
+
+
+def _unranked_row(query: str, check: QueryVerdict) -> dict:
+    """The one row of a query that gets no photos: the disclaimer, or why it was refused."""
+    if check.action == "disclaimer":
+        return {"query": query, "rank": None, "image": None, "score": None, "shown": False,
+                "disclaimer": DISCLAIMER, "display": DISCLAIMER}
+    return {"query": query, "rank": None, "image": None, "score": None, "shown": False,
+            "disclaimer": None, "display": check.message, "refused": check.code}
 
 
 def _run_head(wh: Warehouse, run_id: str) -> str | None:
@@ -132,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         queries += [ln.strip() for ln in a.queries_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
     if not queries:
         p.error("give at least one query (arguments or --queries-file)")
+    if not any(q.strip() for q in queries):
+        p.error("empty query: type a scene to search for")
     try:
         rows = run_search(queries, a.warehouse, a.top_k)
     except NoPublishedRun as exc:

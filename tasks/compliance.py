@@ -18,7 +18,7 @@ import polars as pl
 
 # models.child_photo (torch) and scipy are imported where used: a run whose guard inputs
 # are unchanged loads the saved guard and needs neither to start.
-from tasks.compliance_text import classify_many, lexicon_version
+from tasks.compliance_text import check_query, classify_many, lexicon_version
 from tasks.config import SEED
 from tasks.evaluate import precision_recall_at, roc_auc
 
@@ -26,21 +26,43 @@ LEGAL_RECALL_FLOOR = 0.95
 
 
 def flag_texts(run_id: str, kind: str, ids: list[str], texts: list[str]) -> pl.DataFrame:
-    """One audit row per text: flagged or not, the rule that fired and the words it matched."""
-    verdicts = classify_many(texts)
+    """One audit row per text: blocked or not, the rule that fired, the words it matched,
+    the normalized form that was judged and a one-line reason.
+
+    Captions (and any kind but "query") are judged by ``classify_many``; saved queries by
+    ``check_query``, so a blank, over-long or unservable query is blocked with its own rule
+    ("blank_query", "query_too_long", "unsupported_language", "not_english") and reason.
+    """
+    if kind == "query":
+        checks = [check_query(t) for t in texts]
+        flagged = [not c.searchable for c in checks]
+        rules = [c.code or (c.verdict.rule if c.verdict else None) for c in checks]
+        matched = [c.verdict.match if c.verdict and not c.code else None for c in checks]
+        normalized = [c.verdict.normalized if c.verdict else None for c in checks]
+        reasons = [c.message or (c.verdict.reason if c.verdict else None) for c in checks]
+    else:
+        verdicts = classify_many(texts)
+        flagged = [v.flagged for v in verdicts]
+        rules = [v.rule for v in verdicts]
+        matched = [v.match for v in verdicts]
+        normalized = [v.normalized for v in verdicts]
+        reasons = [v.reason for v in verdicts]
     return pl.DataFrame(
         {
             "run_id": run_id,
             "text_kind": kind,
             "text_id": ids,
             "text": texts,
-            "flagged": [v.flagged for v in verdicts],
-            "rule": [v.rule for v in verdicts],
-            "matched": [v.match for v in verdicts],
+            "flagged": flagged,
+            "rule": rules,
+            "matched": matched,
             "lexicon_version": lexicon_version(),
+            "normalized": normalized,
+            "reason": reasons,
         },
         schema={"run_id": pl.String, "text_kind": pl.String, "text_id": pl.String, "text": pl.String,
-                "flagged": pl.Boolean, "rule": pl.String, "matched": pl.String, "lexicon_version": pl.String},
+                "flagged": pl.Boolean, "rule": pl.String, "matched": pl.String, "lexicon_version": pl.String,
+                "normalized": pl.String, "reason": pl.String},
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from tasks.compliance_text import REFUSALS
 from tasks.config import DISCLAIMER
 
 # Bump when what ranking writes changes for the same inputs (order, columns, the law's
@@ -51,13 +52,18 @@ def build_results(
     photo_restricted: np.ndarray,
     idx: np.ndarray,
     top: np.ndarray,
+    refusals: list[str | None] | None = None,
 ) -> pl.DataFrame:
     """``idx``/``top`` [queries, k]: each query's best gallery rows and scores, best first.
 
-    Rows of blocked queries in ``idx`` are never read: a blocked query gets the disclaimer.
+    Rows of blocked queries in ``idx`` are never read: a blocked query gets the disclaimer,
+    or, when ``refusals`` gives it a message (blank, too long, not English), that message.
     """
     rows = []
     for q, (qid, text, blocked) in enumerate(zip(query_ids, query_texts, query_blocked)):
+        if blocked and refusals and refusals[q]:
+            rows.append((run_id, qid, text, None, None, None, False, None, refusals[q], refusals[q]))
+            continue
         if blocked:
             rows.append((run_id, qid, text, None, None, None, False, DISCLAIMER, DISCLAIMER,
                          "query describes a child"))
@@ -125,10 +131,11 @@ def rank_queries(tr, db: Path, run_id: str, images, texts, model, top_k: int, in
     log = get_run_logger()
     with connect(db) as con:
         q = con.execute("""
-            SELECT q.query_id, q.query_text, coalesce(f.flagged, true) AS blocked
+            SELECT q.query_id, q.query_text, coalesce(f.flagged, true) AS blocked,
+                   CASE WHEN f.rule IN (SELECT unnest(?::varchar[])) THEN f.reason END AS refusal
             FROM stg_test_queries q
             LEFT JOIN text_flags f ON f.run_id = ? AND f.text_kind = 'query' AND f.text_id = q.query_id
-            ORDER BY q.query_id""", [run_id]).pl()
+            ORDER BY q.query_id""", [list(REFUSALS), run_id]).pl()
         photos = con.execute("""
             SELECT g.image, g.sha256, coalesce(p.restricted, true) AS restricted
             FROM gallery g LEFT JOIN photo_flags p ON p.run_id = ? AND p.image = g.image
@@ -181,7 +188,7 @@ def rank_queries(tr, db: Path, run_id: str, images, texts, model, top_k: int, in
         log.info("ranked %d queries in %d shards: first stage top-%d of %d photos keeps %.3f of the %s head's "
                  "full top-10", len(allowed), len(bounds), cand.shape[1], len(gallery), kept, model.head)
     results = build_results(run_id, q["query_id"].to_list(), q["query_text"].to_list(), blocked, gallery,
-                            photos["restricted"].to_numpy(), idx, top)
+                            photos["restricted"].to_numpy(), idx, top, q["refusal"].to_list())
     with connect(db) as con:
         append_run_rows(con, "search_results", run_id, results)
         record_stage(con, run_id, "rank", fp, None)
