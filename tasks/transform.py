@@ -9,7 +9,9 @@ raises :class:`DbtFailed`, which fails the flow before anything is published:
 - ``before_publish`` (after ranking): the ``latest_*`` views and the tests on the history
   tables the later stages write (no restricted photo shown, ...).
 
-Then :func:`document` writes ``catalog.json`` and the static docs site, and copies the
+A step whose SQL and inputs (fingerprint) equal the latest published run's is not run
+again: that run's tables are already in the copy and its tests held on the same rows
+(``run_stages`` records ``dbt_<step>`` with ``reused_from``).  Then :func:`document` writes ``catalog.json`` and the static docs site, and copies the
 run's artifacts into ``reports/<run_id>/dbt/``.
 
 dbt's own state (``target/`` with ``partial_parse.msgpack``, logs) lives in the warehouse
@@ -22,6 +24,7 @@ as an environment variable (``macros/run_id.sql`` says why).  Usage statistics a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -31,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.sql_project import DBT_PROJECT_DIR
-from tasks.warehouse import Warehouse, atomic_write_bytes
+from tasks.load import fingerprint, record_stage
+from tasks.warehouse import Warehouse, atomic_write_bytes, connect
 
 STEPS = ("before_text_flags", "after_text_flags", "before_publish")
 # Artifacts a run keeps beside its report (reports/<run_id>/dbt/).
@@ -50,6 +54,7 @@ class DbtStep:
     seconds: float
     results: list[dict] = field(default_factory=list)   # unique_id, resource_type, status, failures, seconds, message
     run_results: dict | None = None                       # dbt's run_results.json of this invocation
+    reused_from: str | None = None                        # set when the published run's build stood
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -126,12 +131,67 @@ def _close_dbt_connection() -> None:
     DuckDBConnectionManager.close_all_connections()
 
 
+# Bookkeeping tables left out of a step's fingerprint: their rows carry this run's own
+# times and ids, which no model reads.
+_NOT_INPUTS = ("runs", "run_stages")
+
+
+def _project_files() -> list[Path]:
+    return sorted(p for p in DBT_PROJECT_DIR.rglob("*")
+                  if p.is_file() and p.suffix in (".sql", ".yml", ".md")
+                  and not {"target", "logs", "examples", "history"} & set(p.relative_to(DBT_PROJECT_DIR).parts))
+
+
+def step_fingerprint(con, step: str, run_id: str) -> str:
+    """What a dbt step's output depends on: the project's files, dbt's version, every raw
+    table, and this run's rows of the history tables (without ``run_id``).  Order-free
+    row hashes (sum of row hashes, with row counts), so equal contents give equal prints."""
+    from dbt.version import __version__ as dbt_version  # light: no adapter import
+
+    parts: list = [step, dbt_version]
+    parts += [[str(p.relative_to(DBT_PROJECT_DIR)), hashlib.sha256(p.read_bytes()).hexdigest()] for p in _project_files()]
+    history = {p.stem for p in (DBT_PROJECT_DIR / "history").glob("*.sql")} - set(_NOT_INPUTS)
+    tables = sorted(r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' AND table_type = 'BASE TABLE'"
+    ).fetchall())
+    for t in tables:
+        if t.startswith("raw_"):
+            rows = f'SELECT * FROM "{t}"'
+        elif t in history:
+            rows = f'SELECT * EXCLUDE (run_id) FROM "{t}" WHERE run_id = $run_id'
+        else:
+            continue
+        n, h = con.execute(f"SELECT count(*), sum(hash(r)::HUGEINT)::VARCHAR FROM ({rows}) AS r",
+                           {"run_id": run_id} if t in history else {}).fetchone()
+        parts.append([t, n, h])
+    return fingerprint(*parts)
+
+
+def _reusable(con, stage: str, fp: str) -> str | None:
+    """The run whose build this run's copy holds, if the latest published run recorded the
+    same fingerprint for this step (its tables are then exactly what a build would give)."""
+    row = con.execute("""
+        SELECT coalesce(s.reused_from, s.run_id) FROM run_stages s
+        WHERE s.stage = ? AND s.fingerprint = ? AND s.run_id = (
+            SELECT max(run_id) FROM runs WHERE finished_at IS NOT NULL)""", [stage, fp]).fetchone()
+    return row[0] if row else None
+
+
 def build(step: str, db: Path, run_id: str, wh: Warehouse) -> DbtStep:
     """``dbt build --selector <step>``: models, then their data tests; raises :class:`DbtFailed`."""
     if step not in STEPS:
         raise ValueError(f"unknown dbt step {step!r}; one of {STEPS}")
     state = state_dir(wh)
     t0 = time.perf_counter()
+    stage = f"dbt_{step}"
+    with connect(db) as con:
+        fp = step_fingerprint(con, step, run_id)
+        reused = _reusable(con, stage, fp)
+        if reused is not None:
+            # Same SQL, same inputs as the published run: its tables (in this copy) and its
+            # test outcomes stand.  run_stages says which run built and tested them.
+            record_stage(con, run_id, stage, fp, reused)
+            return DbtStep(step, round(time.perf_counter() - t0, 3), reused_from=reused)
     ok, result = invoke(["build", "--selector", step], db, run_id, state)
     out = DbtStep(step, round(time.perf_counter() - t0, 3))
     for r in getattr(result, "results", None) or []:
@@ -142,6 +202,9 @@ def build(step: str, db: Path, run_id: str, wh: Warehouse) -> DbtStep:
     if rr.exists():
         out.run_results = json.loads(rr.read_text())
     bad = out.failed()
+    if ok and not bad:
+        with connect(db) as con:
+            record_stage(con, run_id, stage, fp, None)
     if not ok or bad:
         lines = [f"  {r['unique_id']}: {r['status']}" + (f" ({r['failures']} rows)" if r["failures"] else "")
                  + (f": {r['message']}" if r["message"] and r["status"] == "error" else "") for r in bad]
@@ -151,23 +214,46 @@ def build(step: str, db: Path, run_id: str, wh: Warehouse) -> DbtStep:
 
 
 def document(db: Path, run_id: str, wh: Warehouse, steps: list[DbtStep]) -> Path:
-    """``dbt docs generate --static`` on the built copy; the run's artifacts go to
-    ``reports/<run_id>/dbt/``: manifest.json, catalog.json, run_results.json (every step's
-    results, in order), static_index.html (the docs site, one self-contained file)."""
+    """The run's dbt artifacts in ``reports/<run_id>/dbt/``: manifest.json, catalog.json,
+    static_index.html (the docs site, one self-contained file; ``dbt docs generate --static``
+    on the built copy) and run_results.json (every step's node results, each tagged with its
+    step; a reused step's come from the run that built it, tagged ``reused_from``).
+
+    When every step was reused, the project and the tables are those of that run, so its
+    manifest, catalog and site are copied instead of generated again."""
     state = state_dir(wh)
-    t0 = time.perf_counter()
-    ok, _ = invoke(["docs", "generate", "--static", "--no-compile"], db, run_id, state)
-    docs_seconds = round(time.perf_counter() - t0, 3)
-    if not ok:
-        raise DbtFailed(f"dbt docs generate failed (see {state / 'logs'})")
     out = wh.reports_dir / run_id / "dbt"
+    t0 = time.perf_counter()
+    source = None
+    if steps and all(s.reused_from for s in steps):
+        earlier = wh.reports_dir / steps[-1].reused_from / "dbt"
+        if all((earlier / name).exists() for name in ARTIFACTS):
+            source = earlier
+    if source is None:
+        ok, _ = invoke(["docs", "generate", "--static", "--no-compile"], db, run_id, state)
+        if not ok:
+            raise DbtFailed(f"dbt docs generate failed (see {state / 'logs'})")
+        source = state / "target"
     for name in ARTIFACTS:
-        atomic_write_bytes((state / "target" / name).read_bytes(), out / name)
-    merged = {"metadata": steps[0].run_results["metadata"] if steps and steps[0].run_results else {},
-              "steps": [{"selector": s.step, "elapsed_time": s.run_results["elapsed_time"] if s.run_results else None,
-                         "seconds_in_process": s.seconds} for s in steps]
-             + [{"command": "docs generate --static", "seconds_in_process": docs_seconds}],
-              "results": [r for s in steps if s.run_results for r in s.run_results["results"]]}
+        atomic_write_bytes((source / name).read_bytes(), out / name)
+    docs_seconds = round(time.perf_counter() - t0, 3)
+    results: list[dict] = []
+    metadata: dict = {}
+    for s in steps:
+        if s.run_results:
+            metadata = metadata or s.run_results["metadata"]
+            results += [{**r, "step": s.step} for r in s.run_results["results"]]
+        elif s.reused_from:
+            earlier = wh.reports_dir / s.reused_from / "dbt" / "run_results.json"
+            if earlier.exists():
+                results += [{**r, "reused_from": r.get("reused_from", s.reused_from)}
+                            for r in json.loads(earlier.read_text())["results"] if r.get("step") == s.step]
+    merged = {"metadata": metadata,
+              "steps": [{"selector": s.step, "reused_from": s.reused_from, "seconds_in_process": s.seconds,
+                         "elapsed_time": s.run_results["elapsed_time"] if s.run_results else None} for s in steps]
+              + [{"command": "docs generate --static" if source == state / "target" else f"copied from {source}",
+                  "seconds_in_process": docs_seconds}],
+              "results": results}
     atomic_write_bytes(json.dumps(merged, indent=1).encode(), out / "run_results.json")
     return out
 
@@ -185,8 +271,12 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 def _logged(step: DbtStep) -> DbtStep:
     c = step.counts()
-    get_run_logger().info("dbt %s: %d models, %d tests passed in %.2f s", step.step,
-                          c.get("models_success", 0), c.get("tests_pass", 0), step.seconds)
+    if step.reused_from:
+        get_run_logger().info("dbt %s: inputs and SQL unchanged since run %s; its build and tests stand (%.2f s)",
+                              step.step, step.reused_from, step.seconds)
+    else:
+        get_run_logger().info("dbt %s: %d models, %d tests passed in %.2f s", step.step,
+                              c.get("models_success", 0), c.get("tests_pass", 0), step.seconds)
     return step
 
 

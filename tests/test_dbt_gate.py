@@ -44,3 +44,28 @@ def test_a_failing_data_test_stops_the_run_before_publish(tmp_path, tmp_path_fac
     assert list((wh / ".work").iterdir()) == []
     with duckdb.connect(str(wh / "with_sense.duckdb"), read_only=True) as con:
         assert con.execute("SELECT max(run_id) FROM runs").fetchone()[0] == src.summary["run_id"]
+
+
+def test_step_fingerprint_sees_contents_not_order_nor_other_runs(tmp_path):
+    """A dbt step is skipped only when its inputs are equal: the fingerprint must change
+    with any raw row or any of this run's history rows, and with nothing else."""
+    from tasks.load import ensure_history_tables
+    from tasks.transform import step_fingerprint
+
+    def fp(rows: list[tuple], flags: list[tuple]) -> str:
+        db = tmp_path / f"w{len(list(tmp_path.iterdir()))}.duckdb"
+        with duckdb.connect(str(db)) as con:
+            ensure_history_tables(con)
+            con.execute("CREATE TABLE raw_test_images (image VARCHAR)")
+            con.executemany("INSERT INTO raw_test_images VALUES (?)", [[r[0]] for r in rows])
+            con.executemany("INSERT INTO text_flags (run_id, text_kind, text_id, flagged) VALUES (?, 'query', ?, ?)",
+                            flags)
+            con.execute("INSERT INTO runs (run_id, started_at) VALUES ('r2', now())")  # bookkeeping: ignored
+            return step_fingerprint(con, "after_text_flags", "r2")
+
+    base = fp([("a.jpg",), ("b.jpg",)], [("r2", "q1", True), ("r1", "q1", False)])
+    assert fp([("b.jpg",), ("a.jpg",)], [("r1", "q1", False), ("r2", "q1", True)]) == base       # order
+    assert fp([("a.jpg",), ("b.jpg",)], [("r2", "q1", True), ("r1", "q1", True)]) == base        # another run
+    assert fp([("a.jpg",), ("c.jpg",)], [("r2", "q1", True), ("r1", "q1", False)]) != base       # a raw row
+    assert fp([("a.jpg",), ("b.jpg",), ("b.jpg",)], [("r2", "q1", True)]) != base               # a duplicate
+    assert fp([("a.jpg",), ("b.jpg",)], [("r2", "q1", False), ("r1", "q1", False)]) != base      # this run's verdict
