@@ -146,9 +146,9 @@ def step_fingerprint(con, step: str, run_id: str) -> str:
     """What a dbt step's output depends on: the project's files, dbt's version, every raw
     table, and this run's rows of the history tables (without ``run_id``).  Order-free
     row hashes (sum of row hashes, with row counts), so equal contents give equal prints."""
-    from dbt.version import __version__ as dbt_version  # light: no adapter import
+    from importlib.metadata import version  # not dbt.version: importing dbt costs ~1 s
 
-    parts: list = [step, dbt_version]
+    parts: list = [step, version("dbt-core"), version("dbt-duckdb")]
     parts += [[str(p.relative_to(DBT_PROJECT_DIR)), hashlib.sha256(p.read_bytes()).hexdigest()] for p in _project_files()]
     history = {p.stem for p in (DBT_PROJECT_DIR / "history").glob("*.sql")} - set(_NOT_INPUTS)
     tables = sorted(r[0] for r in con.execute(
