@@ -137,9 +137,10 @@ _NOT_INPUTS = ("runs", "run_stages")
 
 
 def _project_files() -> list[Path]:
-    return sorted(p for p in DBT_PROJECT_DIR.rglob("*")
-                  if p.is_file() and p.suffix in (".sql", ".yml", ".md")
-                  and not {"target", "logs", "examples", "history"} & set(p.relative_to(DBT_PROJECT_DIR).parts))
+    """The files dbt reads: the three YAML files and everything under models/macros/tests."""
+    top = [DBT_PROJECT_DIR / n for n in ("dbt_project.yml", "selectors.yml", "profiles.yml")]
+    return top + sorted(p for d in ("models", "macros", "tests") for p in (DBT_PROJECT_DIR / d).rglob("*")
+                        if p.is_file() and p.suffix in (".sql", ".yml", ".md"))
 
 
 def step_fingerprint(con, step: str, run_id: str) -> str:
