@@ -53,6 +53,7 @@ def main() -> int:
     p.add_argument("--data-dir", type=Path, default=ROOT / "data" / "with_sense")
     p.add_argument("--warehouse", type=Path, default=None, help="a fresh folder (default: a temporary one)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--name", default="dbt_cost", help="file stem of the results (<name>.json, <name>.md)")
     a = p.parse_args()
     wh = a.warehouse or Path(tempfile.mkdtemp(prefix="dbt-cost-"))
     if wh.exists() and any(wh.iterdir()):
@@ -65,13 +66,13 @@ def main() -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, load average at start "
                    f"{load_before[0]:.1f}, at end {os.getloadavg()[0]:.1f}",
-        "command": "python bench/dbt_cost.py --data-dir " + str(a.data_dir),
+        "command": f"python bench/dbt_cost.py --data-dir {a.data_dir} --name {a.name}",
         "data_dir": str(a.data_dir), "cold": cold, "no_change_rebuilt": no_change_rebuilt, "no_change": no_change,
         "no_change_over_cold_dbt": round(no_change["dbt_total_s"] / cold["dbt_total_s"], 3),
         "rebuilt_over_cold_dbt": round(no_change_rebuilt["dbt_total_s"] / cold["dbt_total_s"], 3),
     }
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "dbt_cost.json").write_text(json.dumps(res, indent=2) + "\n")
+    (a.out / f"{a.name}.json").write_text(json.dumps(res, indent=2) + "\n")
     rows = ["| run | dbt total s | " + " | ".join(cold["dbt_steps_s"]) + " | flow wall s | dbt share |",
             "|---|---|" + "---|" * len(cold["dbt_steps_s"]) + "---|---|"]
     for name, r in (("cold (no dbt state: full parse, every step built)", cold),
@@ -86,7 +87,7 @@ def main() -> int:
           f"{res['rebuilt_over_cold_dbt']} (every step rebuilt with partial parsing).", "",
           "Seconds per step are measured around each in-process `dbtRunner.invoke` (the first includes "
           "`import dbt`), or around the fingerprint check when a step is reused.", ""]
-    (a.out / "dbt_cost.md").write_text("\n".join(md))
+    (a.out / f"{a.name}.md").write_text("\n".join(md))
     print("\n".join(md))
     if a.warehouse is None:
         shutil.rmtree(wh, ignore_errors=True)
