@@ -11,8 +11,9 @@ raises :class:`DbtFailed`, which fails the flow before anything is published:
 
 A step whose SQL and inputs (fingerprint) equal the latest published run's is not run
 again: that run's tables are already in the copy and its tests held on the same rows
-(``run_stages`` records ``dbt_<step>`` with ``reused_from``).  Then :func:`document` writes ``catalog.json`` and the static docs site, and copies the
-run's artifacts into ``reports/<run_id>/dbt/``.
+(``run_stages`` records ``dbt_<step>`` with ``reused_from``).  Then :func:`document` writes
+``catalog.json`` and the static docs site, and copies the run's artifacts into
+``reports/<run_id>/dbt/``.
 
 dbt's own state (``target/`` with ``partial_parse.msgpack``, logs) lives in the warehouse
 (``<warehouse>/dbt/``) so that a run with no changed SQL does not parse the project again.
@@ -33,8 +34,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.sql_project import DBT_PROJECT_DIR
 from tasks.load import fingerprint, record_stage
+from tasks.sql_project import DBT_PROJECT_DIR
 from tasks.warehouse import Warehouse, atomic_write_bytes, connect
 
 STEPS = ("before_text_flags", "after_text_flags", "before_publish")
