@@ -27,7 +27,7 @@ import tasks  # noqa: F401  (torchvision shim first)
 from prefect import flow, get_run_logger
 from pydantic import AfterValidator, Field
 
-from tasks import compliance, distributed, embed, evaluate, export, ingest, load, rank, report, train
+from tasks import compliance, distributed, embed, evaluate, export, ingest, rank, report, train, transform
 from tasks.config import default_data_dir, default_warehouse_dir
 from tasks.warehouse import Warehouse, open_work_copy, publish, reindex_lock
 
@@ -92,9 +92,10 @@ def reindex(
         ingested = ingest.ingest_task(Path(data_dir), db)
         ledger = ingest.load_task(db, run_id, ingested, str(data_dir), top_k)
         lap("ingest")
-        load.build_models_task(db, run_id, load.STAGING_MODELS)
+        # dbt (sql/): models and their data tests in graph-selected steps; a failing test stops the run.
+        dbt_steps = [transform.build_staging_task(db, run_id, wh)]
         flags = compliance.flag_texts_task(db, run_id)
-        load.build_models_task(db, run_id, load.MART_MODELS)
+        dbt_steps.append(transform.build_marts_task(db, run_id, wh))
         lap("sql_and_text_flags")
 
         # Mapped shards fill the embedding cache; the task then reads every photo from it.
@@ -113,9 +114,12 @@ def reindex(
         lap("evaluate")
         results = rank.rank_queries(tr, db, run_id, images, texts, model, top_k, wh.root / "index")
         lap("rank")
+        dbt_steps.append(transform.test_task(db, run_id, wh))
+        lap("dbt_test")
         summary = export.finish_run_task(db, run_id, wh, ledger, flags, images, texts, model, guard, results,
                                          time.monotonic() - started, stages)
         report.report_task(db, run_id, wh, Path(data_dir), images, texts, model, summary)
+        transform.docs_task(db, run_id, wh, dbt_steps)
         publish(wh, run_id)
     print(export.format_summary(summary))
     return summary

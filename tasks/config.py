@@ -3,10 +3,13 @@
 import os
 from pathlib import Path
 
+from tasks.sql_project import project_var
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-# The exact text the law asks us to show in place of a blocked query or photo.
-DISCLAIMER = "This image is unavailable in your country in compliance with local laws"
+# The exact text the law asks us to show in place of a blocked query or photo (shared with
+# the SQL layer's data tests: sql/dbt_project.yml vars).
+DISCLAIMER: str = project_var("disclaimer")
 
 SEED = 20261123
 

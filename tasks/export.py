@@ -12,7 +12,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import SEED
-from tasks.load import create_views
 from tasks.warehouse import Warehouse, atomic_write_bytes, atomic_write_parquet, connect, staged_exports_dir
 
 EXPORTS = {
@@ -123,7 +122,6 @@ def finish_run_task(db: Path, run_id: str, wh: Warehouse, ledger: pl.DataFrame, 
                        texts_embedded = ?, wall_seconds = ?, summary_json = ? WHERE run_id = ?""",
                     [datetime.now(timezone.utc).replace(tzinfo=None), model.head, model.fingerprint,
                      images.n_computed, texts.n_computed, wall_seconds, json.dumps(summary), run_id])
-    create_views(db)
     create_table_artifact(key="reindex-metrics", table=metrics.to_dicts(),
                           description=f"Measured figures of run {run_id}")
     create_markdown_artifact(key="reindex-summary", markdown=f"```\n{format_summary(summary)}\n```",

@@ -1,4 +1,6 @@
-"""Load: typed frames into the run's DuckDB copy, and the SQL models on top of them."""
+"""Load: typed frames into the run's DuckDB copy (raw and history tables), and what the
+stages share to record and reuse their history rows.  The SQL models on top are dbt's
+(``tasks/transform.py``)."""
 
 from __future__ import annotations
 
@@ -7,23 +9,17 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from tasks.warehouse import SQL_DIR, build_model, connect, read_sql
+from tasks.warehouse import SQL_DIR, connect
 
-HISTORY_TABLES = ["runs", "ingest_ledger", "quarantine", "text_flags", "photo_flags",
-                  "model_metrics", "search_results", "run_stages"]
-STAGING_MODELS = ["staging/stg_captions", "staging/stg_expert_judgments", "staging/stg_crowd_judgments",
-                  "staging/stg_test_queries", "staging/stg_photos"]
-# Order matters: each model reads the ones before it (and this run's text_flags).
-MART_MODELS = ["marts/gallery", "marts/relevance_targets", "marts/restricted_train_photos",
-               "marts/training_exclusions", "marts/training_pairs", "marts/training_photos",
-               "marts/bridge_positives"]
-# latest_run first: the others read it.
-VIEWS = ["latest_run", "latest_search_results", "latest_model_metrics"]
+# The history tables' DDL: one file per table; the Python stages write them, dbt reads
+# them as sources (sql/models/sources.yml).  A new history table: add its file here.
+HISTORY_DDL = SQL_DIR / "history"
 
 
 def ensure_history_tables(con: duckdb.DuckDBPyConnection) -> None:
-    for name in HISTORY_TABLES:
-        con.execute(read_sql(f"history/{name}"))
+    """Create the history tables that do not exist yet (``sql/history/*.sql``)."""
+    for ddl in sorted(HISTORY_DDL.glob("*.sql")):
+        con.execute(ddl.read_text())
 
 
 def replace_table(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
@@ -76,29 +72,7 @@ def copy_run_rows(con: duckdb.DuckDBPyConnection, table: str, src_run: str, run_
                 f"WHERE run_id = ? AND ({where})", [run_id, src_run])
 
 
-def build_models(db: Path, run_id: str, names: list[str]) -> None:
-    with connect(db) as con:
-        con.execute("SET VARIABLE run_id = ?", [run_id])
-        for name in names:
-            build_model(con, name)
-
-
-def create_views(db: Path) -> None:
-    with connect(db) as con:
-        for name in VIEWS:
-            con.execute(f"CREATE OR REPLACE VIEW {name} AS\n{read_sql(f'views/{name}')}")
-
-
 def query(db: Path, sql: str, params: list | None = None) -> pl.DataFrame:
     with connect(db, read_only=False) as con:
         return con.execute(sql, params or []).pl()
 
-
-from prefect import task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-
-@task(name="sql-models", cache_policy=NO_CACHE)
-def build_models_task(db: Path, run_id: str, names: list[str]) -> list[str]:
-    build_models(db, run_id, names)
-    return names

@@ -382,6 +382,7 @@ def render_html(run: dict, summary: dict, sample: list[tuple[str, pl.DataFrame, 
 <p class="muted">Expert τc and recall are the chosen head's; recall is measured with the compliance filter off
 (the model alone, {int(value.get((chosen, 'test_queries_filter_off', 'n_queries'), 0))} queries).
 <a href="model_card.md">Model card</a> · <a href="model_card.json">model card (JSON)</a> ·
+<a href="dbt/static_index.html">tables, columns, lineage and data tests (dbt docs)</a> ·
 exports of the latest run: <a href="../../exports/search_results.parquet">search_results.parquet</a>,
 <a href="../../exports/model_metrics.parquet">model_metrics.parquet</a></p></section>
 

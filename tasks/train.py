@@ -30,6 +30,7 @@ from models.mlp_head import MlpConfig, MlpHead
 from tasks.config import SEED
 from tasks.evaluate import judgment_agreement, rank_metrics, retrieval_ranks
 from tasks.progress import track
+from tasks.sql_project import project_var
 from tasks.warehouse import atomic_write_bytes
 
 HEADS = ("bridge", "lgbm", "mlp")
@@ -42,7 +43,8 @@ MODEL_FORMAT = 2
 class TrainConfig:
     folds: int = 5
     seed: int = SEED
-    positive_threshold: float = 0.6
+    # Pairs with target >= this are matches; the same threshold restricts train photos (SQL).
+    positive_threshold: float = project_var("match_target_threshold")
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
     lgbm: LgbmConfig = field(default_factory=LgbmConfig)
     mlp: MlpConfig = field(default_factory=MlpConfig)

@@ -313,14 +313,3 @@ def atomic_write_bytes(data: bytes, path: Path) -> Path:
 
 def connect(db_path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     return duckdb.connect(str(db_path), read_only=read_only)
-
-
-def read_sql(name: str) -> str:
-    """The text of ``sql/<name>.sql`` (``name`` like ``marts/relevance_targets``)."""
-    return (SQL_DIR / f"{name}.sql").read_text()
-
-
-def build_model(con: duckdb.DuckDBPyConnection, name: str, params: dict | None = None) -> None:
-    """Materialise one SQL model as a table named after its file."""
-    table = name.split("/")[-1]
-    con.execute(f"CREATE OR REPLACE TABLE {table} AS\n{read_sql(name)}", params or {})

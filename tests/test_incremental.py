@@ -172,7 +172,8 @@ def test_incremental_run_embeds_only_the_new_inputs(grown):
 def test_no_change_run_reuses_every_stage(grown):
     _, second, third = grown["runs"]
     got = stages(grown["wh1"] / "with_sense.duckdb", third["run_id"])
-    assert set(got) == {"photo_guard", "relevance_heads", "evaluate", "rank"}
+    assert set(got) == {"photo_guard", "relevance_heads", "evaluate", "rank",
+                        "dbt_before_text_flags", "dbt_after_text_flags", "dbt_before_publish"}
     assert got == {stage: second["run_id"] for stage in got}, got
     assert third["reused"] == got
 

@@ -1,12 +1,12 @@
 """The analyst's path: the documented example queries, run by the `duckdb` command line
-tool (the PyPI duckdb-cli package) against a real warehouse, and the one page that
-documents every table and view kept in step with what the warehouse holds."""
+tool (the PyPI duckdb-cli package) against a real warehouse, and the dbt docs of the run
+(manifest, run results, static site) kept in step with what the warehouse holds."""
 
 from __future__ import annotations
 
 import csv
 import io
-import re
+import json
 import shutil
 import subprocess
 import sys
@@ -70,34 +70,73 @@ def test_quarantine_example_finds_the_bad_inputs(run):
     assert any(src == "train_images/" and "empty" in why for src, why in reasons)
 
 
-def documented_names() -> set[str]:
-    return set(re.findall(r"^### `([a-z_]+)`", SQL_README.read_text(), flags=re.M))
+def dbt_artifact(run, name: str) -> dict:
+    return json.loads((run.warehouse / "reports" / run.summary["run_id"] / "dbt" / name).read_text())
 
 
-def test_every_table_and_view_is_documented(run):
+def test_dbt_artifacts_and_docs_site_land_beside_the_report(run):
+    folder = run.warehouse / "reports" / run.summary["run_id"] / "dbt"
+    for name in ("manifest.json", "run_results.json", "catalog.json", "static_index.html"):
+        assert (folder / name).stat().st_size > 1000, name
+    # The static site carries the manifest and catalog inside it: one file, no server.
+    site = (folder / "static_index.html").read_text()
+    assert "relevance_targets" in site and "training_exclusions" in site
+    assert 'href="dbt/static_index.html"' in run.report.read_text()
+
+
+def test_every_table_view_and_column_is_documented_in_dbt(run):
+    """The docs site (the dbt manifest of the run) describes every relation and column
+    the published warehouse has; views describe their columns as their table does."""
+    manifest = dbt_artifact(run, "manifest.json")
+    documented: dict[str, dict[str, str]] = {}
+    for node in [*manifest["nodes"].values(), *manifest["sources"].values()]:
+        if node["resource_type"] in ("model", "source"):
+            name = node.get("identifier") or node["alias"]
+            assert node["description"].strip(), f"{name} has no description"
+            documented[name] = {c: v["description"] for c, v in node["columns"].items()}
     with duckdb.connect(str(run.db), read_only=True) as con:
         names = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         columns = con.execute("SELECT table_name, column_name FROM information_schema.columns").fetchall()
-    documented = documented_names()
-    assert names - documented == set(), "tables or views missing from sql/README.md"
-    assert documented - names == set(), "sql/README.md documents tables the warehouse does not have"
-    # Every column is named in its table's section, or the section says it has the same
-    # columns as another table, and it really has.
-    text = SQL_README.read_text()
-    sections = dict(re.findall(r"^### `([a-z_]+)`(.*?)(?=^##|\Z)", text, flags=re.M | re.S))
-    cols_of: dict[str, list[str]] = {}
-    for t, c in columns:
-        cols_of.setdefault(t, []).append(c)
-    missing = []
-    for t, cols in cols_of.items():
-        same = re.search(r"same columns as `([a-z_]+)`", sections[t], flags=re.I)
-        if same:
-            assert sorted(cols) == sorted(cols_of[same.group(1)]), f"{t} does not have the columns of {same.group(1)}"
-        else:
-            missing += [f"{t}.{c}" for c in cols if f"`{c}`" not in sections[t]]
-    assert not missing, f"columns not described in sql/README.md: {missing}"
+    assert names - set(documented) == set(), "tables or views missing from the dbt project (sources or models)"
+    assert set(documented) - names == set(), "the dbt project documents tables the warehouse does not have"
+    missing = [f"{t}.{c}" for t, c in columns if not documented[t].get(c, "").strip()]
+    assert not missing, f"columns without a description in sql/models/**.yml: {missing}"
+    for view, table in (("latest_run", "runs"), ("latest_search_results", "search_results"),
+                        ("latest_model_metrics", "model_metrics")):
+        assert documented[view] == documented[table], f"{view} describes its columns unlike {table}"
+
+
+def test_every_model_is_tested_and_every_test_ran_once_and_passed(run):
+    manifest = dbt_artifact(run, "manifest.json")
+    results = dbt_artifact(run, "run_results.json")["results"]
+    tests = {k: v for k, v in manifest["nodes"].items() if v["resource_type"] == "test"}
+    models = {k for k, v in manifest["nodes"].items() if v["resource_type"] == "model"}
+    assert len(tests) >= 20
+    tested = {dep for t in tests.values() for dep in t["depends_on"]["nodes"]}
+    assert models - tested == set(), "models without a data test"
+    # The three build steps (sql/selectors.yml) partition the project: each node once.
+    ran = [r["unique_id"] for r in results]
+    assert sorted(ran) == sorted(tests.keys() | models)
+    assert {r["status"] for r in results} <= {"success", "pass"}, [r for r in results if r["status"] not in ("success", "pass")]
+
+
+def test_shared_constants_come_from_the_dbt_project():
+    from tasks.config import DISCLAIMER
+    from tasks.sql_project import project_var
+    from tasks.train import TrainConfig
+
+    assert TrainConfig().positive_threshold == project_var("match_target_threshold")
+    assert DISCLAIMER == project_var("disclaimer")
+    sql = (PROJECT_ROOT / "sql" / "models" / "marts" / "restricted_train_photos.sql").read_text()
+    assert "var('match_target_threshold')" in sql and ">= 0.6" not in sql
+
+
+def test_staging_models_do_not_sort():
+    for model in (PROJECT_ROOT / "sql" / "models" / "staging").glob("*.sql"):
+        assert "order by" not in model.read_text().lower(), model.name
 
 
 def test_every_example_is_listed_in_the_readme():
     text = SQL_README.read_text()
+    assert "static_index.html" in text  # where the docs site is
     assert [p.name for p in EXAMPLES if f"examples/{p.name}" not in text] == []

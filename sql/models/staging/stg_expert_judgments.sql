@@ -1,7 +1,7 @@
 -- One row per (photo, caption) judged by three experts on a 1..4 scale
 -- (1 = no match ... 4 = full match).
 with source as (
-    select * from raw_expert_annotations
+    select * from {{ source('raw', 'raw_expert_annotations') }}
 ),
 
 renamed as (

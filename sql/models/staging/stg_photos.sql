@@ -1,6 +1,6 @@
 -- Every photo file the run saw, valid or not; `problem` says why a photo was quarantined.
 with source as (
-    select * from raw_photos
+    select * from {{ source('raw', 'raw_photos') }}
 ),
 
 final as (
@@ -18,4 +18,4 @@ final as (
     from source
 )
 
-select * from final order by split, image
+select * from final

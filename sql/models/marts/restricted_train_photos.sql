@@ -3,11 +3,11 @@
 -- label the photo guard, the one model allowed to learn from them, because it exists
 -- to keep such photos out of results (docs/compliance.md).
 --   own_caption:     the caption written for this photo describes a child;
---   matched_caption: a caption judges found matching this photo (target >= 0.6)
---                    describes a child, so the photo most likely shows one too.
+--   matched_caption: a caption judges found matching this photo
+--                    (target >= var match_target_threshold) describes a child,
+--                    so the photo most likely shows one too.
 with flags as (
-    select * from text_flags
-    where run_id = getvariable('run_id') and text_kind = 'caption' and flagged
+    select * from {{ ref('stg_caption_flags') }} where flagged
 ),
 
 own as (
@@ -16,8 +16,8 @@ own as (
         'own_caption'               as reason,
         flags.rule,
         captions.caption_id
-    from stg_captions as captions
-    join flags on flags.text_id = captions.caption_id
+    from {{ ref('stg_captions') }} as captions
+    join flags using (caption_id)
 ),
 
 matched as (
@@ -26,18 +26,18 @@ matched as (
         'matched_caption'           as reason,
         flags.rule,
         targets.caption_id
-    from relevance_targets as targets
-    join flags on flags.text_id = targets.caption_id
-    where targets.target >= 0.6 and not targets.is_own_caption
+    from {{ ref('relevance_targets') }} as targets
+    join flags using (caption_id)
+    where targets.target >= {{ var('match_target_threshold') }} and not targets.is_own_caption
 ),
 
 train_photos as (
-    select image from stg_photos where split = 'train' and is_valid
+    select image from {{ ref('stg_photos') }} where split = 'train' and is_valid
 ),
 
 final as (
     select
-        getvariable('run_id')                           as run_id,
+        '{{ run_id() }}'                           as run_id,
         image,
         arg_min(reason, reason = 'matched_caption')   as reason,
         arg_min(rule, reason = 'matched_caption')     as rule,

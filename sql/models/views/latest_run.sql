@@ -1,6 +1,6 @@
 -- The most recent finished run (run ids sort by their UTC start time).
 with finished as (
-    select * from runs where finished_at is not null
+    select * from {{ source('history', 'runs') }} where finished_at is not null
 ),
 
 final as (

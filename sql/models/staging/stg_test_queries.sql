@@ -1,6 +1,6 @@
 -- The saved queries the nightly job answers: 500 test captions, each written for one gallery photo.
 with source as (
-    select * from raw_test_queries
+    select * from {{ source('raw', 'raw_test_queries') }}
 ),
 
 renamed as (
@@ -15,4 +15,4 @@ final as (
     select * from renamed
 )
 
-select * from final order by query_id
+select * from final

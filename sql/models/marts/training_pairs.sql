@@ -1,11 +1,11 @@
 -- The judged pairs the relevance heads may learn from: relevance_targets minus every
 -- pair in training_exclusions (children under 16 are never processed).
 with targets as (
-    select * from relevance_targets
+    select * from {{ ref('relevance_targets') }}
 ),
 
 excluded as (
-    select image, caption_id from training_exclusions
+    select image, caption_id from {{ ref('training_exclusions') }}
 ),
 
 final as (

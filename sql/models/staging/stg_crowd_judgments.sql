@@ -1,6 +1,6 @@
 -- One row per (photo, caption) judged by the crowd: yes / no votes on "does the caption describe the photo?".
 with source as (
-    select * from raw_crowd_annotations
+    select * from {{ source('raw', 'raw_crowd_annotations') }}
 ),
 
 renamed as (

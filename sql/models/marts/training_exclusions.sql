@@ -1,20 +1,19 @@
 -- Every judged pair removed from training, and why (one row per pair, first reason wins).
 with targets as (
-    select * from relevance_targets
+    select * from {{ ref('relevance_targets') }}
 ),
 
 caption_flags as (
-    select text_id as caption_id, rule from text_flags
-    where run_id = getvariable('run_id') and text_kind = 'caption' and flagged
+    select caption_id, rule from {{ ref('stg_caption_flags') }} where flagged
 ),
 
 restricted as (
-    select * from restricted_train_photos
+    select * from {{ ref('restricted_train_photos') }}
 ),
 
 final as (
     select
-        getvariable('run_id')                                   as run_id,
+        '{{ run_id() }}'                                   as run_id,
         targets.image,
         targets.caption_id,
         case

@@ -1,11 +1,11 @@
 -- The photos search results are drawn from: the test photos listed in test_images.csv
 -- that passed validation.
 with listed as (
-    select distinct image from raw_test_images
+    select distinct image from {{ source('raw', 'raw_test_images') }}
 ),
 
 valid_photos as (
-    select * from stg_photos where split = 'test' and is_valid
+    select * from {{ ref('stg_photos') }} where split = 'test' and is_valid
 ),
 
 final as (

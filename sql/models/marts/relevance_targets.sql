@@ -10,15 +10,15 @@
 -- carries the finer signal; `n_judges` is kept so a model can weight pairs by how many
 -- people stand behind the target.
 with experts as (
-    select * from stg_expert_judgments
+    select * from {{ ref('stg_expert_judgments') }}
 ),
 
 crowd as (
-    select * from stg_crowd_judgments
+    select * from {{ ref('stg_crowd_judgments') }}
 ),
 
 captions as (
-    select * from stg_captions
+    select * from {{ ref('stg_captions') }}
 ),
 
 joined as (

@@ -1,7 +1,7 @@
 -- One row per caption: the texts photographers' queries are modelled on.
 -- A query_id `<image>#<n>` names the photo the caption was written for.
 with source as (
-    select * from raw_train_pairs
+    select * from {{ source('raw', 'raw_train_pairs') }}
 ),
 
 renamed as (
@@ -17,4 +17,4 @@ final as (
     select * from renamed
 )
 
-select * from final order by caption_id
+select * from final
