@@ -238,11 +238,10 @@ def load_task(db: Path, run_id: str, result: IngestResult, data_dir: str, top_k:
     from datetime import datetime, timezone
 
     from tasks.load import append_run_rows, ensure_history_tables, replace_table
-    from tasks.warehouse import connect, read_sql
+    from tasks.warehouse import connect
 
     with connect(db) as con:
         ensure_history_tables(con)
-        con.execute(read_sql("history/ingest_notes"))
         for name, frame in result.tables.items():
             replace_table(con, name, frame)
         replace_table(con, "raw_photos", result.photos)
