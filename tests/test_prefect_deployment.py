@@ -410,3 +410,31 @@ def test_ui_pages_show_the_deployments_the_run_and_its_summary(stack, nightly):
     loaded = re.search(r'data-thumbs-loaded="(\d+)"', dom)
     total = re.search(r'data-thumbs-total="(\d+)"', dom)
     assert loaded and total and int(total.group(1)) > 0 and loaded.group(1) == total.group(1)
+
+
+def test_path_defaults_are_resolved_when_a_run_starts(monkeypatch, tmp_path):
+    # No server needed: the rule every kind of run shares (tasks/config.py).
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.reindex import reindex
+    from flows.search import adhoc_search
+    from tasks.config import PROJECT_ROOT as ROOT
+    from tasks.config import resolve_data_dir, resolve_warehouse_dir
+
+    for flow_fn in (reindex, adhoc_search):
+        props = parameter_schema(flow_fn).model_dump_for_openapi()["properties"]
+        assert props["warehouse_dir"]["default"] is None
+    monkeypatch.delenv("WITH_SENSE_WAREHOUSE", raising=False)
+    monkeypatch.delenv("WITH_SENSE_DATA_DIR", raising=False)
+    assert resolve_warehouse_dir(None) == ROOT / "warehouse"
+    assert resolve_data_dir("") == ROOT / "data" / "with_sense"
+    # Read at call time: a variable set after import counts; a given value wins; blank is not given.
+    monkeypatch.setenv("WITH_SENSE_WAREHOUSE", str(tmp_path / "ops"))
+    assert resolve_warehouse_dir(None) == resolve_warehouse_dir("  ") == tmp_path / "ops"
+    assert resolve_warehouse_dir(tmp_path / "mine") == tmp_path / "mine"
+    # The run form may send "" for an empty field: it must not become Path('.').
+    from pydantic import TypeAdapter
+
+    from tasks.config import OptionalPath
+
+    assert TypeAdapter(OptionalPath).validate_python("") is None
