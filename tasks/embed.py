@@ -261,7 +261,10 @@ def build_encoders_task(db: Path, data_dir: Path, onnx_cache: Path) -> dict[str,
                   key="build-encoders-progress") as progress:
         for kind, build in steps:
             started = time.monotonic()
-            names[kind] = build().name
+            enc = build()
+            if kind == "text":
+                _ = enc.onnx_path  # the text tower exports on first use: here, not in embed-texts
+            names[kind] = enc.name
             log.info("encoder %s: %s ready in %.1f s", kind, names[kind], time.monotonic() - started)
             progress.advance(1)
     return names
