@@ -105,16 +105,19 @@ def row_changes(con, now: str, prev: str) -> list[dict]:
     return out
 
 
-def metric_changes(con, run_id: str, prev: str | None, head: str | None) -> list[dict]:
-    """The headline figures of ``head`` (and the photo guard's), now and in ``prev``."""
+def metric_changes(con, run_id: str, prev: str | None, head: str | None, prev_head: str | None = None) -> list[dict]:
+    """The headline figures -- each run's chosen head (``head`` now, ``prev_head`` before) and
+    the photo guard's -- now and in ``prev``."""
     rows = con.execute("""
         SELECT component, head, protocol, metric,
                max(value) FILTER (WHERE run_id = ?) AS now, max(value) FILTER (WHERE run_id = ?) AS before
         FROM model_metrics WHERE run_id IN (?, ?) GROUP BY ALL""", [run_id, prev, run_id, prev]).fetchall()
     value = {(c, h, p, m): (now, before) for c, h, p, m, now, before in rows}
+    prev_head = prev_head or head
     out = []
     for protocol, metric, label in HEADLINE:
-        now, before = value.get(("relevance", head, protocol, metric), (None, None))
+        now = value.get(("relevance", head, protocol, metric), (None, None))[0]
+        before = value.get(("relevance", prev_head, protocol, metric), (None, None))[1]
         if now is not None or before is not None:
             out.append({"label": label, "protocol": protocol, "metric": metric, "now": now, "before": before})
     for (c, h, p, m), (now, before) in sorted(value.items()):
@@ -197,8 +200,24 @@ def describe_run(db: Path, run_id: str, head: str | None, previous_db: Path | No
             out["quarantine"] = [{"source": s, "reason": r, "rows": n} for s, r, n in con.execute("""
                 SELECT source, reason, count(*) AS n FROM quarantine WHERE run_id = ?
                 GROUP BY ALL ORDER BY n DESC, source, reason LIMIT 20""", [run_id]).fetchall()]
+        if prev is not None:
+            cols = set(_columns(con, "runs"))
+            wanted = [c for c in ("top_k", "head", "data_dir") if c in cols]
+            if wanted:
+                sel = ", ".join(_q(c) for c in wanted)
+                now_row = con.execute(f"SELECT {sel} FROM runs WHERE run_id = ?", [run_id]).fetchone()
+                before_row = con.execute(f"SELECT {sel} FROM runs WHERE run_id = ?", [prev]).fetchone()
+                now_v = dict(zip(wanted, now_row or ()))
+                if "head" in now_v and head is not None:
+                    now_v["head"] = head  # recorded at the end of the run; this run's is known already
+                before_v = dict(zip(wanted, before_row or ()))
+                out["settings"] = [{"setting": {"head": "chosen head"}.get(k, k), "before": before_v.get(k),
+                                    "now": now_v.get(k)} for k in wanted if before_v.get(k) != now_v.get(k)]
         if "model_metrics" in tables:
-            out["metrics"] = metric_changes(con, run_id, prev, head)
+            prev_head = None
+            if prev is not None and "head" in set(_columns(con, "runs")):
+                prev_head = con.execute("SELECT head FROM runs WHERE run_id = ?", [prev]).fetchone()[0]
+            out["metrics"] = metric_changes(con, run_id, prev, head, prev_head)
         out["compliance"] = compliance_counts(con, run_id)
         if prev is not None:
             out["compliance_before"] = {k: v for k, v in compliance_counts(con, prev).items()
