@@ -152,6 +152,7 @@ def render_html(run: dict, summary: dict, digest: dict, cards: list[dict], figur
     rel = metrics.filter(pl.col("component") == "relevance")
     value = {(r["head"], r["protocol"], r["metric"]): r["value"] for r in rel.iter_rows(named=True)}
     heads = [h for h in HEAD_ORDER if h in set(rel["head"])] + sorted(set(rel["head"]) - set(HEAD_ORDER) - {"chosen"})
+    digest = {"previous_run": None, **digest}  # a run recorded before digests existed has none
     comp = digest.get("compliance", {})
     withheld = sum(w["photos"] for w in comp.get("photos_withheld", []))
     cards_at_a_glance = [

@@ -111,7 +111,7 @@ def digest_markdown(summary: dict, digest: dict, location: dict | None) -> str:
     ``tasks.run_changes.describe_run``, ``location`` from ``report_location`` (None: no report)."""
     env = environment(autoescape=False)
     env.filters["cell"] = md_cell
-    return env.get_template("digest.md.j2").render(s=summary, d=digest, report=location)
+    return env.get_template("digest.md.j2").render(s=summary, d={"previous_run": None, **digest}, report=location)
 
 
 def metrics_rows(metrics: list[dict]) -> list[dict]:

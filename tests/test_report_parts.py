@@ -73,7 +73,7 @@ def test_numbers_are_written_for_people():
 def test_digest_says_what_changed_and_where_the_report_is():
     summary = {"run_id": "R2", "wall_seconds": 4.6, "head": "bridge", "top_k": 10, "warehouse": "/w/db",
                "images_embedded": 0, "texts_embedded": 0, "stage_seconds": {"ingest": 0.8}}
-    digest = {"previous_run": "R1",
+    digest = {"run_id": "R2", "previous_run": "R1",
               "photos": {"added": 2, "removed": 1, "changed": 0,
                          "examples": {"added": ["test/a.jpg", "test/b.jpg"], "removed": ["train/c.jpg"], "changed": []}},
               "rows": [{"table": "raw_train_pairs", "before": 78, "now": 67, "added": 0, "removed": 11}],
@@ -96,7 +96,7 @@ def test_digest_says_what_changed_and_where_the_report_is():
     assert "| relevance heads | reused from run R1 |" in md and "| rank | computed |" in md
     assert "`/w/reports/R2/index.html`" in md and "file://" not in md
     assert "score ≥ threshold \\| guard" in md  # a pipe in a value does not break the table
-    first = digest_markdown(summary, {"previous_run": None}, {"url": "http://h:8000/R2/index.html", "path": "/p"})
+    first = digest_markdown(summary, {"run_id": "R2", "previous_run": None}, {"url": "http://h:8000/R2/index.html", "path": "/p"})
     assert "first published run" in first and "[open the report](http://h:8000/R2/index.html)" in first
 
 
@@ -108,3 +108,10 @@ def test_progress_outside_a_run_only_counts():
     assert p.done == 10 and p._artifact_id is None
     assert artifact_key("Embedding photos (by shard)") == "embedding-photos-by-shard"
     assert text_bar(0, 4) == "▱" * 20 + " 0 %" and text_bar(2, 4) == "▰" * 10 + "▱" * 10 + " 50 %"
+
+
+def test_digest_of_a_run_recorded_before_digests_says_so():
+    summary = {"run_id": "R0", "wall_seconds": 3.0, "head": "bridge", "warehouse": "/w/db",
+               "images_embedded": 1, "texts_embedded": 2}
+    md = digest_markdown(summary, {}, None)
+    assert "Not recorded for this run" in md and "first published run" not in md
