@@ -28,7 +28,7 @@ from prefect import flow, get_run_logger
 from pydantic import AfterValidator, Field
 
 from tasks import compliance, distributed, embed, evaluate, export, ingest, rank, report, train, transform
-from tasks.config import default_data_dir, default_warehouse_dir
+from tasks.config import DATA_DIR_HELP, WAREHOUSE_HELP, OptionalPath, resolve_data_dir, resolve_warehouse_dir
 from tasks.warehouse import Warehouse, open_work_copy, publish, reindex_lock
 
 Head = Literal["auto", "bridge", "lgbm", "mlp"]
@@ -52,10 +52,10 @@ def new_run_id() -> str:
 
 @flow(name="nightly-reindex", log_prints=True)
 def reindex(
-    data_dir: Annotated[Path, Field(description="Folder with the five source files, train_images/ and test_images/.")]
-    = default_data_dir(),
-    warehouse_dir: Annotated[Path, Field(description="Where the DuckDB file, Parquet exports, caches and reports live.")]
-    = default_warehouse_dir(),
+    # None ("empty" in the run form) is resolved when the run starts (tasks/config.py), never
+    # at import: `prefect deploy` imports this module and would freeze its own paths.
+    data_dir: Annotated[OptionalPath, Field(description=DATA_DIR_HELP)] = None,
+    warehouse_dir: Annotated[OptionalPath, Field(description=WAREHOUSE_HELP)] = None,
     top_k: Annotated[int, Field(ge=1, le=1000, description="Photos per saved query in search_results.")] = 10,
     head: Annotated[Head, Field(description="Head that scores results; 'auto' picks the best on training folds.")]
     = "auto",
@@ -71,8 +71,8 @@ def reindex(
     the Annotated fields above), so keep the two in step.
 
     Args:
-        data_dir: Folder with the five source files, train_images/ and test_images/.
-        warehouse_dir: Where the DuckDB file, Parquet exports, caches and reports live.
+        data_dir: Folder with the five source files, train_images/ and test_images/. Empty: $WITH_SENSE_DATA_DIR of the process that runs the flow (the worker), else <checkout>/data/with_sense; resolved when the run starts and logged on its first line.
+        warehouse_dir: Where the DuckDB file, Parquet exports, caches and reports live. Empty: $WITH_SENSE_WAREHOUSE of the process that runs the flow (the worker), else <checkout>/warehouse; resolved when the run starts and logged on its first line.
         top_k: Photos per saved query in search_results.
         head: Head that scores results; 'auto' picks the best on training folds.
         wait_for_lock_seconds: If another reindex is running: wait this long, then refuse.
@@ -81,15 +81,18 @@ def reindex(
     log = get_run_logger()
     started = time.monotonic()
     run_id = new_run_id()
-    wh = Warehouse(Path(warehouse_dir))
+    given = {"data_dir": data_dir, "warehouse_dir": warehouse_dir}
+    data_dir, wh = resolve_data_dir(data_dir), Warehouse(resolve_warehouse_dir(warehouse_dir))
     with reindex_lock(wh, wait_for_lock_seconds), distributed.open_runner(runner) as tr:
         db = open_work_copy(wh, run_id)
-        log.info("run %s: data %s -> warehouse %s", run_id, data_dir, wh.root)
+        log.info("run %s: data %s -> warehouse %s (%s)", run_id, data_dir, wh.root,
+                 ", ".join(f"{k} {'given' if v not in (None, '') else 'from the environment or default'}"
+                           for k, v in given.items()))
 
         # Seconds per stage, for the run summary (runs.summary_json) and the speed benchmark.
         stages: dict[str, float] = {}
         lap = Lap(stages)
-        ingested = ingest.ingest_task(Path(data_dir), db)
+        ingested = ingest.ingest_task(data_dir, db)
         ledger = ingest.load_task(db, run_id, ingested, str(data_dir), top_k)
         lap("ingest")
         # dbt (sql/): models and their data tests in graph-selected steps; a failing test stops the run.
@@ -98,15 +101,17 @@ def reindex(
         dbt_steps.append(transform.build_marts_task(db, run_id, wh))
         lap("sql_and_text_flags")
 
-        # Mapped shards fill the embedding cache; the task then reads every photo from it.
-        sharded = distributed.fill_image_cache(tr, db, Path(data_dir), wh.embeddings_dir, wh.models_dir / "onnx")
-        images = embed.embed_images_task(db, Path(data_dir), wh.embeddings_dir, wh.models_dir / "onnx")
-        images.n_computed += sharded
+        # The networks are built (ONNX export, int8 calibration) in their own task, once per
+        # warehouse; mapped shards then fill the embedding cache and the task reads every photo from it.
+        embed.build_encoders_task(db, data_dir, wh.models_dir / "onnx")
+        lap("build_encoders")
+        sharded = distributed.fill_image_cache(tr, db, data_dir, wh.embeddings_dir, wh.models_dir / "onnx")
+        images = embed.embed_images_task(db, data_dir, wh.embeddings_dir, wh.models_dir / "onnx", sharded)
         lap("embed_images")
         texts = embed.embed_texts_task(db, wh.embeddings_dir, wh.models_dir / "onnx")
         lap("embed_texts")
 
-        guard = compliance.photo_guard_task(db, run_id, images, Path(data_dir), wh.embeddings_dir, wh.models_dir)
+        guard = compliance.photo_guard_task(db, run_id, images, data_dir, wh.embeddings_dir, wh.models_dir)
         lap("photo_guard")
         model = train.train_heads_task(db, run_id, images, texts, wh.models_dir, head)
         lap("relevance_heads")
@@ -118,7 +123,7 @@ def reindex(
         lap("dbt_test")
         summary = export.finish_run_task(db, run_id, wh, ledger, flags, images, texts, model, guard, results,
                                          time.monotonic() - started, stages)
-        report.report_task(db, run_id, wh, Path(data_dir), images, texts, model, summary)
+        report.report_task(db, run_id, wh, data_dir, images, texts, model, summary)
         transform.docs_task(db, run_id, wh, dbt_steps)
         publish(wh, run_id)
     print(export.format_summary(summary))
@@ -127,8 +132,10 @@ def reindex(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flows.reindex", description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", type=Path, default=default_data_dir())
-    p.add_argument("--warehouse", type=Path, default=default_warehouse_dir())
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="default: $WITH_SENSE_DATA_DIR, else <checkout>/data/with_sense")
+    p.add_argument("--warehouse", type=Path, default=None,
+                   help="default: $WITH_SENSE_WAREHOUSE, else <checkout>/warehouse")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--head", choices=["auto", "bridge", "lgbm", "mlp"], default="auto")
     p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for a running reindex")
@@ -139,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         # Whole-file problems first: one clear message, before Prefect or the warehouse is touched.
-        ingest.preflight(a.data_dir)
+        ingest.preflight(resolve_data_dir(a.data_dir))
         # The lock is taken here too, so a busy warehouse is refused before Prefect starts.
-        with reindex_lock(Warehouse(a.warehouse), a.wait):
+        with reindex_lock(Warehouse(resolve_warehouse_dir(a.warehouse)), a.wait):
             summary = reindex(data_dir=a.data_dir, warehouse_dir=a.warehouse, top_k=a.top_k, head=a.head,
                               wait_for_lock_seconds=a.wait, runner=a.runner)
     except (ingest.SourceFileError, tasks.warehouse.WarehouseBusy) as exc:

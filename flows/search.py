@@ -26,7 +26,7 @@ from prefect import flow
 from pydantic import Field
 
 from tasks.compliance_text import QueryVerdict, check_query
-from tasks.config import DISCLAIMER, default_warehouse_dir
+from tasks.config import DISCLAIMER, OptionalPath, resolve_warehouse_dir
 from tasks.embed import encoder_dir, load_cached
 from tasks.rank import top_k
 from tasks.train import load_model
@@ -107,17 +107,19 @@ def _run_head(wh: Warehouse, run_id: str) -> str | None:
 @flow(name="adhoc-search", log_prints=True)
 def adhoc_search(
     queries: Annotated[list[str], Field(description="Scenes to search for, one per item.")],
-    warehouse_dir: Annotated[Path, Field(description="Warehouse of the published reindex.")] = default_warehouse_dir(),
+    warehouse_dir: Annotated[OptionalPath, Field(description="Warehouse of the published reindex. Empty: "
+                             "$WITH_SENSE_WAREHOUSE of the worker, else <checkout>/warehouse (resolved at run start).")]
+    = None,
     top_k: Annotated[int, Field(ge=1, le=100, description="Photos per query.")] = 5,
 ) -> list[dict]:
     """Search the latest published reindex for scenes typed in the run form.
 
     Args:
         queries: Scenes to search for, one per item.
-        warehouse_dir: Warehouse of the published reindex.
+        warehouse_dir: Warehouse of the published reindex. Empty: $WITH_SENSE_WAREHOUSE of the worker, else <checkout>/warehouse (resolved at run start).
         top_k: Photos per query.
     """
-    rows = run_search(queries, warehouse_dir, top_k)
+    rows = run_search(queries, resolve_warehouse_dir(warehouse_dir), top_k)
     print(format_table(rows))
     return rows
 
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("queries", nargs="*")
     p.add_argument("--queries-file", type=Path, help="one query per line")
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--warehouse", type=Path, default=default_warehouse_dir())
+    p.add_argument("--warehouse", type=Path, default=None, help="default: $WITH_SENSE_WAREHOUSE, else <checkout>/warehouse")
     p.add_argument("--json", action="store_true", help="one JSON object per result line")
     a = p.parse_args(argv)
     queries = list(a.queries)
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if not any(q.strip() for q in queries):
         p.error("empty query: type a scene to search for")
     try:
-        rows = run_search(queries, a.warehouse, a.top_k)
+        rows = run_search(queries, resolve_warehouse_dir(a.warehouse), a.top_k)
     except NoPublishedRun as exc:
         print(f"search: {exc}", file=sys.stderr)
         return 2

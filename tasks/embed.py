@@ -217,9 +217,66 @@ def embed_photos(paths: Sequence[ImageLike], shas: Sequence[str], emb_root: Path
     return sum(len(todo) for todo in groups.values())
 
 
+def quiet_libraries() -> None:
+    """Keep libraries' own progress bars (transformers' "Loading weights", Hugging Face
+    downloads) and ONNX Runtime's graph-optimisation warnings (hundreds of "Removing
+    initializer" lines while an int8 model is calibrated) out of run logs: a worker's log is
+    a file, not a terminal.  Our long steps report through ``tasks.progress`` instead."""
+    import os
+    import sys
+
+    import onnxruntime
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    onnxruntime.set_default_logger_severity(3)  # errors only
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+@task(name="build-encoders", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def build_encoders_task(db: Path, data_dir: Path, onnx_cache: Path) -> dict[str, str]:
+    """The networks every later step runs, built once per warehouse in ``onnx_cache``: the
+    ONNX exports of both photo views and of the text tower, and the int8 models of the photo
+    views, calibrated on a deterministic sample of the valid photos (``calibration_sample``).
+
+    The first run on a warehouse exports and calibrates here (the issue measured 15.5 s on an
+    idle machine, then spent in the flow body); later runs only check the cached files.  Returns {cache kind: encoder name}.  Raises whatever the export
+    raises (a missing weights package, an unreadable calibration photo)."""
+    from models.text_encoder import TextEncoder
+    from tasks.photo_views import guard_encoder
+    from tasks.progress import Progress
+
+    quiet_libraries()
+    with connect(db) as con:
+        photos = con.execute("SELECT path, sha256 FROM stg_photos WHERE is_valid ORDER BY split, image").pl()
+    sample = calibration_sample([data_dir / p for p in photos["path"]], photos["sha256"].to_list())
+    steps = [("image", lambda: image_encoder(onnx_cache, sample)),
+             ("photo_guard", lambda: guard_encoder(onnx_cache, sample)),
+             ("text", lambda: TextEncoder(cache_dir=onnx_cache))]
+    names: dict[str, str] = {}
+    log = get_run_logger()
+    with Progress(len(steps), "building encoders (ONNX export, int8 calibration)", unit="network",
+                  key="build-encoders-progress") as progress:
+        for kind, build in steps:
+            started = time.monotonic()
+            enc = build()
+            if kind == "text":
+                _ = enc.onnx_path  # the text tower exports on first use: here, not in embed-texts
+            names[kind] = enc.name
+            log.info("encoder %s: %s ready in %.1f s", kind, names[kind], time.monotonic() - started)
+            progress.advance(1)
+    return names
+
+
 @task(name="embed-images", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def embed_images_task(db: Path, data_dir: Path, emb_root: Path, onnx_cache: Path) -> EmbeddedImages:
-    """Every valid photo, embedded once per content hash (with the guard view in the same pass)."""
+def embed_images_task(db: Path, data_dir: Path, emb_root: Path, onnx_cache: Path,
+                      embedded_in_shards: int = 0) -> EmbeddedImages:
+    """Every valid photo's relevance features and logits, rows in (split, image) order, read
+    from the content-hash cache (with the guard view computed in the same pass for any photo
+    still missing).  ``embedded_in_shards``: photos the mapped ``embed-image-shard`` tasks
+    embedded earlier in this run; counted as embedded this run, not as "from cache"."""
     with connect(db) as con:
         photos = con.execute(
             "SELECT split, image, path, sha256 FROM stg_photos WHERE is_valid ORDER BY split, image").pl()
@@ -234,9 +291,14 @@ def embed_images_task(db: Path, data_dir: Path, emb_root: Path, onnx_cache: Path
             yield idx[start : start + len(feats)], {"features": feats, "logits": logits}
 
     arrays, _ = embed_with_cache(encoder_dir(emb_root, "image", enc.name), shas, ["features", "logits"], compute)
-    get_run_logger().info("images: %d embedded, %d from cache (%s)", n, len(shas) - n, enc.name)
+    distinct = len(set(shas))
+    this_run = min(embedded_in_shards + n, distinct)
+    get_run_logger().info(
+        "images: %d photos (%d distinct contents); embedded this run: %d (%d by the shard tasks, %d here); "
+        "from earlier runs' cache: %d (%s)", len(shas), distinct, this_run, embedded_in_shards, n,
+        distinct - this_run, enc.name)
     return EmbeddedImages(list(zip(photos["split"], photos["image"])), arrays["features"], arrays["logits"],
-                          enc.name, n)
+                          enc.name, this_run)
 
 
 @task(name="embed-texts", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -248,6 +310,7 @@ def embed_texts_task(db: Path, emb_root: Path, onnx_cache: Path | None = None) -
         texts = con.execute("""
             SELECT caption_text AS t FROM stg_captions
             UNION SELECT query_text FROM stg_test_queries ORDER BY t""").pl()["t"].to_list()
+    quiet_libraries()
     enc = TextEncoder(cache_dir=onnx_cache)
 
     def compute(idx: list[int]):
@@ -255,5 +318,6 @@ def embed_texts_task(db: Path, emb_root: Path, onnx_cache: Path | None = None) -
 
     arrays, n = embed_with_cache(encoder_dir(emb_root, "text", enc.name), [text_sha(t) for t in texts],
                                  ["embedding"], compute, chunk_size=1024)
-    get_run_logger().info("texts: %d embedded, %d from cache", n, len(texts) - n)
+    get_run_logger().info("texts: %d distinct; embedded this run: %d; from earlier runs' cache: %d",
+                          len(texts), n, len(texts) - n)
     return EmbeddedTexts(texts, arrays["embedding"], enc.name, n)

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import polars as pl
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import SEED
+from tasks.run_changes import describe_run
+from tasks.run_digest import metrics_rows
 from tasks.warehouse import Warehouse, atomic_write_bytes, atomic_write_parquet, connect, staged_exports_dir
 
 EXPORTS = {
@@ -52,12 +54,17 @@ def format_summary(s: dict) -> str:
     for r in s["ledger"]:
         lines.append(f"  {r['source']:<22} read {r['rows_read']:>6}  loaded {r['rows_loaded']:>6}  "
                      f"quarantined {r['rows_quarantined']:>4}")
-    lines.append(f"  embedded now: {s['images_embedded']} photos, {s['texts_embedded']} texts (rest from cache)")
-    lines.append(f"  compliance: {s['compliance']}")
-    lines.append(f"  head: {s['head']}")
+    lines.append(f"  embedded this run: {s['images_embedded']} photos, {s['texts_embedded']} texts "
+                 "(the rest from earlier runs' cache)")
+    c, r = s["compliance"], s["results"]
+    lines.append(f"  compliance: {c.get('queries_flagged', '?')} queries and {c.get('captions_flagged', '?')} captions "
+                 f"flagged; {c['gallery_photos_restricted']} gallery photos restricted "
+                 f"(photo guard threshold {c['photo_threshold']:.3f})")
+    lines.append(f"  head: {s['head']}  (retrieval figures: all test queries, compliance filter off)")
     for (comp, protocol, metric), v in zip(HEADLINE, s["headline"]):
-        lines.append(f"  {protocol:<26} {metric:<22} {v if v is None else round(v, 4)}")
-    lines.append(f"  results: {s['results']}")
+        lines.append(f"  {protocol:<26} {metric:<22} {'–' if v is None else f'{v:.3f}'}")
+    lines.append(f"  results: {r['queries']} queries, {r['blocked_queries']} blocked; {r['rows']} rows, "
+                 f"{r['shown_rows']} shown, {r['hidden_photo_rows']} photos withheld by law")
     if s.get("stage_seconds"):
         lines.append("  seconds by stage: " + ", ".join(f"{k} {v:.1f}" for k, v in s["stage_seconds"].items()))
     if s.get("reused"):
@@ -117,13 +124,17 @@ def finish_run_task(db: Path, run_id: str, wh: Warehouse, ledger: pl.DataFrame, 
     for name, frame in frames.items():
         # Staged: they replace exports/ only once publish() has swapped the database in.
         atomic_write_parquet(frame.to_arrow(), staged_exports_dir(wh, run_id) / f"{name}.parquet")
+    # What changed since the previous published run (still the published file: this run's
+    # copy replaces it only at publish), read with no other connection to ``db`` open.
+    summary["top_k"] = con_rows(db, "SELECT top_k FROM runs WHERE run_id = ?", [run_id])[0][0]
+    summary["digest"] = describe_run(db, run_id, model.head, wh.db_path)
     with connect(db) as con:
         con.execute("""UPDATE runs SET finished_at = ?, head = ?, train_fingerprint = ?, images_embedded = ?,
                        texts_embedded = ?, wall_seconds = ?, summary_json = ? WHERE run_id = ?""",
                     [datetime.now(timezone.utc).replace(tzinfo=None), model.head, model.fingerprint,
                      images.n_computed, texts.n_computed, wall_seconds, json.dumps(summary), run_id])
-    create_table_artifact(key="reindex-metrics", table=metrics.to_dicts(),
-                          description=f"Measured figures of run {run_id}")
-    create_markdown_artifact(key="reindex-summary", markdown=f"```\n{format_summary(summary)}\n```",
-                             description=f"Summary of run {run_id}")
+    # The run's summary artifact (reindex-summary) is written by the report task, which knows
+    # where the report is.
+    create_table_artifact(key="reindex-metrics", table=metrics_rows(metrics.to_dicts()),
+                          description=f"Measured figures of run {run_id} (counts as integers, the rest to 3 decimals)")
     return summary

@@ -22,6 +22,17 @@ log = logging.getLogger(__name__)
 ARTIFACT_MIN_INTERVAL_SECONDS = 2.0
 
 
+BAR_CELLS = 20
+
+
+def text_bar(done: int, total: int) -> str:
+    """``▰▰▰▰▱▱▱▱ 40 %``: the UI renders a progress artifact as a bare percentage, so its
+    description carries a bar a person sees move between refreshes."""
+    frac = min(done / total, 1.0) if total else 1.0
+    full = int(round(frac * BAR_CELLS))
+    return f"{'▰' * full}{'▱' * (BAR_CELLS - full)} {100 * frac:.0f} %"
+
+
 def _in_prefect_run() -> bool:
     from prefect.context import FlowRunContext, TaskRunContext
 
@@ -51,7 +62,8 @@ class Progress:
                 from prefect.artifacts import create_progress_artifact
 
                 self._artifact_id = create_progress_artifact(
-                    0.0, key=artifact_key(key or description), description=f"{description}: 0 of {self.total}")
+                    0.0, key=artifact_key(key or description),
+                    description=f"{description}: 0 of {self.total}  {text_bar(0, self.total)}")
                 self._last_push = time.monotonic()
             except Exception as exc:  # noqa: BLE001  (the UI is a nicety, the step is not)
                 log.warning("progress artifact not created: %s", exc)
@@ -69,7 +81,8 @@ class Progress:
 
             pct = 100.0 * self.done / self.total if self.total else 100.0
             update_progress_artifact(self._artifact_id, round(pct, 1),
-                                     description=f"{self.description}: {self.done} of {self.total}")
+                                     description=f"{self.description}: {self.done} of {self.total}  "
+                                                 f"{text_bar(self.done, self.total)}")
             self._pushed = self.done
         except Exception as exc:  # noqa: BLE001
             log.warning("progress artifact not updated: %s", exc)
