@@ -5,8 +5,9 @@
 
 For a sample of saved queries it shows the top-k photos with their scores; the law
 applies as in the results table: a blocked query shows the disclaimer instead of
-results, and a restricted photo keeps its rank but shows the disclaimer, and no
-thumbnail of it is ever written.  Plots (inline SVG, drawn here) show how the scores
+results, and a restricted photo is never shown (the photos that may be shown are ranked
+among themselves; a note with the disclaimer says some were withheld), and no thumbnail
+of it is ever written.  Plots (inline SVG, drawn here) show how the scores
 of matching and non-matching pairs separate, and the retrieval curve of every head.
 
     python -m tasks.report [--warehouse DIR] [--run RUN_ID]    rebuild from a published warehouse
@@ -198,7 +199,9 @@ def sample_query_ids(results: pl.DataFrame, config: ReportConfig) -> list[str]:
     """
     per_q = (results.group_by("query_id")
              .agg(pl.col("rank").is_null().any().alias("blocked"),
-                  (pl.col("rank").is_not_null() & ~pl.col("shown")).any().alias("hidden"))
+                  ((pl.col("rank").is_not_null() & ~pl.col("shown"))
+                   | (pl.col("note").is_not_null() if "note" in results.columns else pl.lit(False))
+                   ).any().alias("hidden"))
              .with_columns(pl.col("query_id").map_elements(
                  lambda q: hashlib.sha256(q.encode()).hexdigest(), return_dtype=pl.String).alias("h"))
              .sort("h"))
@@ -296,7 +299,9 @@ def _query_card(qid: str, rows: pl.DataFrame, written_for: str | None, thumbs: d
                     f'src="{_esc(thumbs[r["image"]])}" alt="{_esc(r["image"])}" title="{_esc(r["image"])}">'
                     f'<figcaption>{cap}{star}</figcaption></figure>')
     n_hidden = int((~rows["shown"]).sum())
-    badge = f'<span class="badge warn">{n_hidden} photo(s) hidden by law</span>' if n_hidden else ""
+    note = rows["note"].drop_nulls() if "note" in rows.columns else []
+    badge = (f'<span class="badge warn">{n_hidden} photo(s) hidden by law</span>' if n_hidden else
+             f'<span class="badge warn">{_esc(note[0])}</span>' if len(note) else "")
     return (f'<div class="q"><h3>{_esc(text)} <span class="id">{_esc(qid)}</span>{badge}</h3>'
             f'<div class="row">{"".join(figs)}</div></div>')
 
@@ -385,8 +390,8 @@ exports of the latest run: <a href="../../exports/search_results.parquet">search
 
 <section><h2>Sample of saved queries <span class="badge">{len(sample)} of {res['queries']:,}</span></h2>
 <p class="muted">Top-{_esc(run.get('top_k'))} photos per query as users see them, with rank and score.
-A blue frame and ★ mark the photo the query was written for. Where the law hides a query or a photo, the
-disclaimer stands in its place and no picture of it is stored.</p>
+A blue frame and ★ mark the photo the query was written for. A blocked query shows only the disclaimer;
+photos the law withholds are left out (a note says so) and no picture of them is stored.</p>
 {queries_html}</section>
 
 <section><h2>How well scores separate</h2><div class="plots">{hist}{curves}</div>
