@@ -55,7 +55,6 @@ def main(argv=None) -> int:
     p.add_argument("--warehouse", type=Path, required=True)
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     a = p.parse_args(argv)
-    from flows.search import _run_head  # noqa: F401  (same head lookup as the search command)
     from tasks import embed
     from tasks.train import TrainConfig, cross_validate, load_model, load_training_set
 
@@ -66,8 +65,11 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     with connect(db) as con:
         run_id, fp, head = con.execute("SELECT run_id, train_fingerprint, head FROM latest_run").fetchone()
-    images = embed.embed_images_task.fn(db, a.data_dir, wh.embeddings_dir, wh.models_dir / "onnx")
-    texts = embed.embed_texts_task.fn(db, wh.embeddings_dir, wh.models_dir / "onnx")
+    from prefect.logging import disable_run_logger
+
+    with disable_run_logger():  # the tasks' bodies, outside a flow: everything comes from the caches
+        images = embed.embed_images_task.fn(db, a.data_dir, wh.embeddings_dir, wh.models_dir / "onnx")
+        texts = embed.embed_texts_task.fn(db, wh.embeddings_dir, wh.models_dir / "onnx")
     model = load_model(wh.models_dir / fp)
     config = TrainConfig()
     ts = load_training_set(db, images, texts, config)

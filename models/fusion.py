@@ -24,11 +24,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Named feature sets a fusion may use (each fitted and compared on training folds).
+# Named feature sets a fusion may use (each fitted and compared on training folds), simplest
+# first: a richer set must beat a simpler one on training folds to be chosen (tasks/train.py).
+# On training photos (one description each) max and mean coincide, so the mean's weight is
+# not identifiable there: the two sets tie, and the simpler one is kept.
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
-    "logistic_max_mean": ("model_logit", "desc_max", "desc_mean"),
     "logistic_max": ("model_logit", "desc_max"),
+    "logistic_max_mean": ("model_logit", "desc_max", "desc_mean"),
 }
+# How much better (out-of-fold expert tau-c) a richer feature set must be to be chosen.
+MIN_GAIN = 1e-3
 # Logistic regression's inverse regularisation: three features and ~20k pairs, so weak.
 C_REG = 10.0
 EPS = 1e-4

@@ -25,7 +25,7 @@ from safetensors.numpy import load_file, save_file
 
 from models.bridge import Bridge, BridgeConfig
 from models.features import HEADS, bridge_cosine, bridge_score, pair_features
-from models.fusion import FEATURE_SETS, Fusion
+from models.fusion import FEATURE_SETS, MIN_GAIN, Fusion
 from models.lgbm_head import LgbmConfig, LgbmHead
 from models.mlp_head import MlpConfig, MlpHead
 from tasks.config import SEED
@@ -37,7 +37,8 @@ from tasks.warehouse import atomic_write_bytes
 SELECTION_METRIC = "expert_kendall_tau_c"
 # Bump when the saved model's meaning changes, so older saved heads are never reused.
 # 3: folds from scikit-learn's GroupKFold, and the description fusion saved beside the heads.
-MODEL_FORMAT = 3
+# 4: the fusion's feature set chosen simplest-first.
+MODEL_FORMAT = 4
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,8 @@ def fit_fusions(score_oof: dict[str, np.ndarray], desc_max: np.ndarray, desc_mea
                 target: np.ndarray, weight: np.ndarray, pair_img: np.ndarray, expert: np.ndarray,
                 crowd_share: np.ndarray, k: int, seed: int) -> tuple[dict[str, Fusion], list[dict]]:
     """For each head: every feature set cross-validated on training folds grouped by photo,
-    the best by out-of-fold expert tau-c chosen and refitted on every pair.
+    the best by out-of-fold expert tau-c (a richer set must gain MIN_GAIN over a simpler one)
+    chosen and refitted on every pair.
 
     ``score_oof[head]`` [pairs]: the head's out-of-fold scores (NaN where none; those pairs
     are left out).  Returns ({head: chosen fusion}, model_metrics rows with protocol
@@ -261,7 +263,7 @@ def fit_fusions(score_oof: dict[str, np.ndarray], desc_max: np.ndarray, desc_mea
         return fusions, rows
     for head, s in score_oof.items():
         ok = ~np.isnan(s)
-        best, best_tau = None, -np.inf
+        best, best_tau = next(iter(FEATURE_SETS)), -np.inf
         for kind in FEATURE_SETS:
             oof = cross_validate_fusion(kind, s[ok], desc_max[ok], desc_mean[ok], target[ok], weight[ok],
                                         pair_img[ok], k, seed)
@@ -274,7 +276,7 @@ def fit_fusions(score_oof: dict[str, np.ndarray], desc_max: np.ndarray, desc_mea
             rows += [{"head": f"{head}+{kind}", "protocol": "fusion_oof_grouped_by_photo", "metric": m,
                       "value": float(v)} for m, v in measured.items()]
             tau = measured.get("expert_kendall_tau_c", -np.inf)
-            if tau > best_tau:
+            if tau > best_tau + MIN_GAIN:  # sets go simplest first: a richer one must do better
                 best, best_tau = kind, tau
         fusions[head] = Fusion.fit(best, s[ok], desc_max[ok], desc_mean[ok], target[ok], weight[ok])
         rows.append({"head": f"{head}+{best}", "protocol": "fusion_selection", "metric": "chosen", "value": 1.0})
