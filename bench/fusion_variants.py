@@ -132,6 +132,20 @@ def main(argv=None) -> int:
         f3 = (f"{p3['recall_at_1']:.3f} | {p3['recall_at_10']:.3f}" if p3 else "— | —")
         lines.append(f"| {r['fusion']} | {p1['recall_at_1']:.3f} | {p1['recall_at_10']:.3f} | {p2['recall_at_1']:.3f} "
                      f"| {p2['recall_at_10']:.3f} | {p2['mrr']:.3f} | {f3} | {'yes' if r['chosen'] else ''} |")
+    with connect(db) as con:
+        recorded = con.execute("""
+            SELECT head, protocol, metric, value FROM model_metrics
+            WHERE run_id = ? AND component = 'relevance' AND metric IN ('recall_at_1', 'recall_at_10', 'mrr', 'n_queries')
+              AND (protocol LIKE 'p%' OR protocol = 'descriptions_only_own_left_out')""", [run_id]).fetchall()
+    got = {(h, p_, m): v for h, p_, m, v in recorded}
+    lines += ["", f"As the run recorded them (model_metrics of run {run_id}; every head with its chosen fusion):", "",
+              "| head | protocol | queries | R@1 | R@10 | MRR |", "|---|---|---|---|---|---|"]
+    for h in sorted({k[0] for k in got}):
+        for p_ in ("p1_model_alone", "p2_product_own_description_left_out", "p3_product_no_descriptions",
+                   "descriptions_only_own_left_out", "p2_product_shown_photos"):
+            if (h, p_, "recall_at_1") in got:
+                lines.append(f"| {h} | {p_} | {int(got[(h, p_, 'n_queries')])} | {got[(h, p_, 'recall_at_1')]:.3f} "
+                             f"| {got[(h, p_, 'recall_at_10')]:.3f} | {got[(h, p_, 'mrr')]:.3f} |")
     (OUT / "fusion_variants.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     shutil.rmtree(tmp, ignore_errors=True)
