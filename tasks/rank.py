@@ -75,13 +75,6 @@ class Ranked:
     channel: np.ndarray             # str
 
 
-def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and scores of the k best photos per query, best first (ties: lower index)."""
-    k = min(k, scores.shape[1])
-    idx = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return idx, np.take_along_axis(scores, idx, axis=1)
-
-
 def order_candidates(model, rows: np.ndarray, model_score: np.ndarray, desc_max: np.ndarray,
                      desc_mean: np.ndarray, head: str | None = None) -> Ranked:
     """Fuse one query's candidates (duplicates dropped) and sort them: fused score
