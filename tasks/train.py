@@ -273,8 +273,9 @@ def fit_fusions(score_oof: dict[str, np.ndarray], desc_max: np.ndarray, desc_mea
             if d.sum() > 2:
                 on_desc = judgment_agreement(oof[d], expert[ok][d], crowd_share[ok][d])
                 measured.update({f"{m}_pairs_with_descriptions": v for m, v in on_desc.items()})
+            # Undefined figures (a constant input, e.g. tiny data) are left out, not stored as NaN.
             rows += [{"head": f"{head}+{kind}", "protocol": "fusion_oof_grouped_by_photo", "metric": m,
-                      "value": float(v)} for m, v in measured.items()]
+                      "value": float(v)} for m, v in measured.items() if np.isfinite(v)]
             tau = measured.get("expert_kendall_tau_c", -np.inf)
             if tau > best_tau + MIN_GAIN:  # sets go simplest first: a richer one must do better
                 best, best_tau = kind, tau
