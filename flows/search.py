@@ -1,13 +1,16 @@
-"""Ad-hoc search against the latest published run's gallery and model.
+"""Ad-hoc search against the latest published run's gallery, model and descriptions.
 
     python -m flows.search "a dog runs on the beach" [more ...] [--queries-file FILE]
                            [--top-k 5] [--warehouse DIR] [--json]
 
-Every query is scored in one process, whatever their number.  The law applies as in the
-nightly table: a query describing a child gets only the disclaimer, and a photo the
-guard restricts keeps its rank but shows the disclaimer in its place.  The CLI calls
-``run_search`` directly (no orchestration overhead); the ``adhoc-search`` flow wraps the
-same function for runs from the Prefect UI.
+Every query is scored in one process, whatever their number, and ranked like the nightly
+table (tasks/rank.py): the relevance head fused with the photos' descriptions, then the
+law.  A query describing a child gets only the disclaimer; otherwise the rows are the
+top-k photos that may be shown, ranked among themselves, and the first row's ``note``
+says once, with the disclaimer, that images were withheld.  Each withheld photo (its rank
+before the law and the reason) is appended to ``<warehouse>/audit/adhoc_withheld/`` as
+Parquet for compliance officers.  Each query is echoed exactly as typed.  The CLI calls
+``run_search`` directly (no orchestration overhead); the ``adhoc-search`` flow wraps it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
 
@@ -27,10 +31,14 @@ from pydantic import Field
 
 from tasks.compliance_text import QueryVerdict, check_query
 from tasks.config import DISCLAIMER, OptionalPath, resolve_warehouse_dir
-from tasks.embed import encoder_dir, load_cached
-from tasks.rank import top_k
+from tasks.descriptions import description_scores, gallery_descriptions
+from tasks.embed import encoder_dir, load_cached, text_sha
+from tasks.rank import WITHHELD_NOTE, build_results, order_candidates, photo_verdicts
 from tasks.train import load_model
-from tasks.warehouse import Warehouse, connect
+from tasks.warehouse import Warehouse, atomic_write_parquet, connect
+
+OUTPUT_KEYS = ("rank", "image", "score", "model_score", "description_score", "channel", "shown", "disclaimer",
+               "display", "note")
 
 
 class NoPublishedRun(RuntimeError):
@@ -38,6 +46,10 @@ class NoPublishedRun(RuntimeError):
 
 
 def run_search(queries: list[str], warehouse_dir: Path, k: int = 5) -> list[dict]:
+    """Rows for each query in order: ``{"query": as typed, **OUTPUT_KEYS}``.
+
+    Raises NoPublishedRun when the warehouse has no finished run.
+    """
     queries = list(queries) or [""]  # no query at all is answered like a blank one
     checks = [check_query(q) for q in queries]
     if not any(c.searchable for c in checks):  # nothing to rank: no warehouse needed
@@ -50,52 +62,67 @@ def run_search(queries: list[str], warehouse_dir: Path, k: int = 5) -> list[dict
         if run is None:
             raise NoPublishedRun("the warehouse has no finished run yet")
         run_id, fingerprint = run
-        photos = con.execute("""
-            SELECT g.image, g.sha256, coalesce(p.restricted, true) AS restricted
-            FROM gallery g LEFT JOIN photo_flags p ON p.run_id = ? AND p.image = g.image
-            ORDER BY g.image""", [run_id]).pl()
-    folder = wh.models_dir / fingerprint
-    card = json.loads((folder / "card.json").read_text())
+        folder = wh.models_dir / fingerprint
+        card = json.loads((folder / "card.json").read_text())
+        photos = photo_verdicts(con, run_id)
+        cached = load_cached(encoder_dir(wh.embeddings_dir, "image", card["image_encoder"]),
+                             photos["sha256"].to_list(), ["features"])["features"]
+        photos = photos.filter(pl.col("sha256").is_in(list(cached)))
+        gallery = photos["image"].to_list()
+        text_cache = encoder_dir(wh.embeddings_dir, "text", card["text_encoder"])
+
+        def vectors_of(texts: list[str]) -> np.ndarray:
+            found = load_cached(text_cache, [text_sha(t) for t in texts], ["embedding"])["embedding"]
+            # A description whose vector is not cached scores as a neutral cosine of 0 (never
+            # above a real match); the nightly run embeds every description, so this is rare.
+            dim = next(iter(found.values())).shape[0] if found else 384
+            return np.stack([found.get(text_sha(t), np.zeros(dim, np.float32)) for t in texts])
+
+        descs, _ = gallery_descriptions(con, run_id, gallery, vectors_of)
     model = load_model(folder)
     head = _run_head(wh, run_id) or model.head
-    cached = load_cached(encoder_dir(wh.embeddings_dir, "image", card["image_encoder"]),
-                         photos["sha256"].to_list(), ["features"])["features"]
-    gallery = [g for g, s in zip(photos["image"], photos["sha256"]) if s in cached]
-    restricted = dict(zip(photos["image"], photos["restricted"]))
-    img = np.stack([cached[s] for s in photos["sha256"] if s in cached]) if gallery else None
+    img = np.stack([cached[s] for s in photos["sha256"]]) if gallery else None
 
     allowed = [i for i, c in enumerate(checks) if c.searchable]
-    out: list[dict] = []
-    scores = None
+    ranked = {}
     if allowed and gallery:
         from models.text_encoder import TextEncoder
 
         txt = TextEncoder(cache_dir=wh.models_dir / "onnx").encode([queries[i] for i in allowed])
         scores = model.score_matrix(img, txt, head)
-    row_of = {q: r for r, q in enumerate(allowed)}
-    for i, q in enumerate(queries):
-        if not checks[i].searchable:
-            out.append(_unranked_row(q, checks[i]))
-            continue
-        if scores is None:
-            continue
-        idx, top = top_k(scores[row_of[i] : row_of[i] + 1], k)
-        for r, (g, s) in enumerate(zip(idx[0], top[0]), start=1):
-            name = gallery[int(g)]
-            hidden = bool(restricted[name])
-            out.append({"query": q, "rank": r, "image": None if hidden else name, "score": round(float(s), 6),
-                        "shown": not hidden, "disclaimer": DISCLAIMER if hidden else None,
-                        "display": DISCLAIMER if hidden else name})
+        dmax, dmean = description_scores(txt, descs)  # a typed query is nobody's description
+        everything = np.arange(len(gallery))
+        for j, i in enumerate(allowed):
+            ranked[i] = order_candidates(model, everything, scores[j], dmax[j], dmean[j], head)
+    ids = [f"adhoc-{i}" for i in range(len(queries))]
+    results, withheld = build_results(run_id, ids, list(queries), [not c.searchable for c in checks], gallery,
+                                      photos["restricted"].to_numpy(), photos["reason"].to_list(), ranked, k,
+                                      [c.message if c.action == "refuse" else None for c in checks])
+    if withheld.height:
+        searched = datetime.now(timezone.utc)
+        atomic_write_parquet(withheld.with_columns(pl.lit(searched.replace(tzinfo=None)).alias("searched_at"))
+                             .to_arrow(), wh.root / "audit" / "adhoc_withheld" /
+                             f"part-{searched.strftime('%Y%m%dT%H%M%S%fZ')}.parquet")
+    position = {qid: i for i, qid in enumerate(ids)}
+    out = []
+    for r in results.iter_rows(named=True):
+        i = position[r["query_id"]]
+        row = {"query": queries[i]}
+        row.update({key: r[key] for key in OUTPUT_KEYS})
+        if checks[i].action == "refuse":
+            row["refused"] = checks[i].code
+        for key in ("score", "model_score", "description_score"):
+            row[key] = None if row[key] is None else round(float(row[key]), 6)
+        out.append(row)
     return out
 
 
 def _unranked_row(query: str, check: QueryVerdict) -> dict:
     """The one row of a query that gets no photos: the disclaimer, or why it was refused."""
+    row = {"query": query, **dict.fromkeys(OUTPUT_KEYS), "shown": False}
     if check.action == "disclaimer":
-        return {"query": query, "rank": None, "image": None, "score": None, "shown": False,
-                "disclaimer": DISCLAIMER, "display": DISCLAIMER}
-    return {"query": query, "rank": None, "image": None, "score": None, "shown": False,
-            "disclaimer": None, "display": check.message, "refused": check.code}
+        return {**row, "disclaimer": DISCLAIMER, "display": DISCLAIMER}
+    return {**row, "display": check.message, "refused": check.code}
 
 
 def _run_head(wh: Warehouse, run_id: str) -> str | None:
@@ -125,11 +152,16 @@ def adhoc_search(
 
 
 def format_table(rows: list[dict]) -> str:
+    """The rows as a table; then, once, the note that images were withheld (if any were)."""
     if not rows:
         return "(no results)"
-    frame = pl.DataFrame(rows).select("query", "rank", "display", "score")
+    frame = pl.DataFrame(rows, infer_schema_length=None).select("query", "rank", "display", "score", "channel")
     with pl.Config(tbl_rows=len(rows), fmt_str_lengths=80, tbl_hide_dataframe_shape=True):
-        return str(frame)
+        table = str(frame)
+    noted = [r["query"] for r in rows if r.get("note")]
+    if noted:
+        table += f"\nNote ({len(noted)} of {len({r['query'] for r in rows})} queries): {WITHHELD_NOTE}"
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     queries = list(a.queries)
     if a.queries_file:
-        queries += [ln.strip() for ln in a.queries_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        # Each line is a query exactly as typed (spaces kept); blank lines are skipped.
+        queries += [ln for ln in a.queries_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
     if not queries:
         p.error("give at least one query (arguments or --queries-file)")
     if not any(q.strip() for q in queries):

@@ -6,6 +6,9 @@ import numpy as np
 
 from models.bridge import Bridge, l2n
 
+# The relevance heads, in the order every table lists them (tasks/train.py fits them).
+HEADS = ("bridge", "lgbm", "mlp")
+
 FEATURE_NAMES_HEAD = [
     "cos",               # photo mapped into the centred text space vs the caption there (the bridge score)
     "cos_raw_text",      # the same photo vector vs the caption's raw (uncentred) vector

@@ -54,21 +54,15 @@ def retrieval_metrics(scores: np.ndarray, correct: np.ndarray) -> dict[str, floa
     return rank_metrics(retrieval_ranks(scores, correct))
 
 
-def average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties sharing their mean rank (scipy.stats.rankdata's 'average')."""
-    x = np.asarray(x)
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    last = np.cumsum(counts)  # rank of each distinct value's last copy
-    return ((last - counts + 1 + last) / 2.0)[inverse.reshape(-1)]
-
-
 def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
-    label = label.astype(bool)
+    """Area under the ROC curve (scikit-learn); NaN when one class is absent or a score is NaN."""
+    from sklearn.metrics import roc_auc_score
+
+    label = np.asarray(label).astype(bool)
+    score = np.asarray(score, np.float64)
     if label.all() or (~label).all() or np.isnan(score).any():
-        return float("nan")  # NaN scores: no ranking to measure (as scipy's rankdata propagates NaN)
-    ranks = average_ranks(score)
-    n_pos, n_neg = label.sum(), (~label).sum()
-    return float((ranks[label].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+        return float("nan")
+    return float(roc_auc_score(label, score))
 
 
 def threshold_for_recall(score: np.ndarray, label: np.ndarray, recall: float) -> float:
@@ -93,10 +87,45 @@ def precision_recall_at(score: np.ndarray, label: np.ndarray, threshold: float) 
     }
 
 
+def fusion_protocols(model_scores: np.ndarray, fuse, descs, queries: np.ndarray, query_ids: list[str],
+                     correct: np.ndarray, shown: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+    """The product's ranking measured three ways (issue 18), each query's photo ranked among
+    the whole gallery (the law off: ranking quality, not what is shown):
+
+    1. ``p1_model_alone``: the head's scores ``model_scores`` [Q, photos];
+    2. ``p2_product_own_description_left_out``: fused with the photos' descriptions, each
+       query's own description (id ``query_ids[q]``) left out;
+    3. ``p3_product_no_descriptions``: fused with every description removed (a night of new
+       uploads): equals (1) by construction of the fallback.
+
+    Also ``descriptions_only_own_left_out`` (the description channel alone, photos without
+    descriptions last) and, when ``shown`` [photos] bool is given, ``p2_product_shown_photos``:
+    protocol (2) among the photos the law lets a user see, for queries whose photo is one.
+    ``fuse(score, desc_max, desc_mean)`` returns fused scores of the same shape.
+    """
+    from tasks.descriptions import description_scores
+
+    out = {"p1_model_alone": retrieval_metrics(model_scores, correct)}
+    dmax, dmean = description_scores(queries, descs, query_ids)
+    fused = fuse(model_scores, dmax, dmean)
+    out["p2_product_own_description_left_out"] = retrieval_metrics(fused, correct)
+    none_max, none_mean = description_scores(queries, descs.without_all(), query_ids)
+    out["p3_product_no_descriptions"] = retrieval_metrics(fuse(model_scores, none_max, none_mean), correct)
+    out["descriptions_only_own_left_out"] = retrieval_metrics(np.where(np.isnan(dmax), -np.inf, dmax), correct)
+    if shown is not None:
+        shown = np.asarray(shown, bool)
+        ok = shown[correct]
+        if ok.any() and shown.any():
+            where = np.cumsum(shown) - 1
+            out["p2_product_shown_photos"] = retrieval_metrics(fused[ok][:, shown], where[correct[ok]])
+    return out
+
+
 # ---------------------------------------------------------------- Prefect task
 
 # Bump when the figures change for the same inputs, so earlier runs' figures are not copied.
-EVALUATE_FORMAT = 1
+# 2: the description channel's three protocols.
+EVALUATE_FORMAT = 2
 
 from pathlib import Path  # noqa: E402
 
@@ -104,48 +133,78 @@ import polars as pl  # noqa: E402
 from prefect import get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from models.features import HEADS  # noqa: E402
 from tasks.warehouse import connect  # noqa: E402
+
+PROTOCOLS = ("test_queries_filter_off", "p1_model_alone", "p2_product_own_description_left_out",
+             "p3_product_no_descriptions", "descriptions_only_own_left_out", "p2_product_shown_photos",
+             "description_gallery")
 
 
 @task(name="evaluate-retrieval", cache_policy=NO_CACHE)
 def evaluate_retrieval_task(db: Path, run_id: str, images, texts, model) -> dict[str, dict[str, float]]:
-    """All test queries over all gallery photos, compliance filter off: the model alone."""
+    """Test queries over all gallery photos: the model alone (all 500 queries, as before) and
+    the three protocols of the description channel on the allowed queries.  Reported only:
+    nothing here is fitted or chosen.  Returns {head: {metric: value}} for the model alone."""
+    from tasks.descriptions import gallery_descriptions
     from tasks.load import copy_run_rows, earlier_run_with, fingerprint, record_stage
-    from tasks.train import HEADS
 
+    where_p = "protocol IN (" + ", ".join(f"'{p}'" for p in PROTOCOLS) + ")"
     with connect(db) as con:
-        q = con.execute("SELECT query_text, written_for_image FROM stg_test_queries ORDER BY query_id").pl()
-        photos = con.execute("SELECT image, sha256 FROM gallery ORDER BY image").pl()
+        q = con.execute("""
+            SELECT q.query_id, q.query_text, q.written_for_image, coalesce(f.flagged, true) AS blocked
+            FROM stg_test_queries q
+            LEFT JOIN text_flags f ON f.run_id = ? AND f.text_kind = 'query' AND f.text_id = q.query_id
+            ORDER BY q.query_id""", [run_id]).pl()
+        photos = con.execute("""
+            SELECT g.image, g.sha256, coalesce(p.restricted, true) AS restricted
+            FROM gallery g LEFT JOIN photo_flags p ON p.run_id = ? AND p.image = g.image
+            ORDER BY g.image""", [run_id]).pl()
         gallery = photos["image"].to_list()
-        # Same model, same photos, same queries: an earlier run's figures are this run's.
+        descs, desc_rows = gallery_descriptions(con, run_id, gallery, lambda t: texts.vectors[texts.rows(t)])
+        # Same model, photos, verdicts, queries and descriptions: an earlier run's figures are this run's.
         fp = fingerprint(f"evaluate v{EVALUATE_FORMAT}", model.fingerprint, images.encoder, texts.encoder, list(HEADS),
-                         q.rows(), photos.rows())
+                         q.rows(), photos.rows(), desc_rows.rows())
         if (found := earlier_run_with(con, "evaluate", fp, run_id)) is not None:
             prev, origin = found
-            where = "protocol = 'test_queries_filter_off'"
-            copy_run_rows(con, "model_metrics", prev, run_id, where)
+            copy_run_rows(con, "model_metrics", prev, run_id, where_p)
             record_stage(con, run_id, "evaluate", fp, origin)
-            rows = con.execute(f"SELECT head, metric, value FROM model_metrics WHERE run_id = ? AND {where}",
-                               [run_id]).fetchall()
+            rows = con.execute("SELECT head, metric, value FROM model_metrics WHERE run_id = ? "
+                               "AND protocol = 'test_queries_filter_off'", [run_id]).fetchall()
             out: dict[str, dict[str, float]] = {}
             for h, m, v in rows:
                 out.setdefault(h, {})[m] = v
-            get_run_logger().info("retrieval (filter off): inputs unchanged since run %s (%s): figures reused",
-                                  prev, fp)
+            get_run_logger().info("retrieval: inputs unchanged since run %s (%s): figures reused", prev, fp)
             return out
     pos = {g: i for i, g in enumerate(gallery)}
     keep = [i for i, w in enumerate(q["written_for_image"]) if w in pos]
     img = images.features[images.rows("test", gallery)]
     txt = texts.vectors[texts.rows([q["query_text"][i] for i in keep])]
     correct = np.array([pos[q["written_for_image"][i]] for i in keep], dtype=np.int64)
-    out = {h: retrieval_metrics(model.score_matrix(img, txt, h), correct) for h in HEADS}
-    rows = [{"run_id": run_id, "component": "relevance", "head": h, "protocol": "test_queries_filter_off",
-             "metric": m, "value": v} for h, ms in out.items() for m, v in ms.items()]
+    scores = {h: model.score_matrix(img, txt, h) for h in HEADS}
+    out = {h: retrieval_metrics(s, correct) for h, s in scores.items()}
+    rows = [{"head": h, "protocol": "test_queries_filter_off", "metric": m, "value": v}
+            for h, ms in out.items() for m, v in ms.items()]
+    allowed = np.array([not q["blocked"][i] for i in keep], bool)
+    ids = [q["query_id"][i] for i, a in zip(keep, allowed) if a]
+    shown = ~photos["restricted"].to_numpy()
+    for h, s in scores.items():
+        if not allowed.any():
+            break
+        measured = fusion_protocols(s[allowed], lambda m, a, b, h=h: model.fuse(m, a, b, h), descs, txt[allowed], ids,
+                                    correct[allowed], shown)
+        rows += [{"head": h, "protocol": p, "metric": m, "value": v} for p, ms in measured.items() for m, v in ms.items()]
+    rows += [{"head": "descriptions", "protocol": "description_gallery", "metric": m, "value": float(v)} for m, v in (
+        ("photos", descs.n_photos), ("photos_with_descriptions", (descs.counts() > 0).sum()),
+        ("allowed_descriptions", len(descs.ids)))]
+    frame = pl.DataFrame(rows).with_columns(pl.lit(run_id).alias("run_id"), pl.lit("relevance").alias("component"))
     with connect(db) as con:
-        con.execute("DELETE FROM model_metrics WHERE run_id = ? AND protocol = 'test_queries_filter_off'", [run_id])
-        con.register("_m", pl.DataFrame(rows))
+        con.execute(f"DELETE FROM model_metrics WHERE run_id = ? AND {where_p}", [run_id])
+        con.register("_m", frame)
         con.execute("INSERT INTO model_metrics BY NAME SELECT * FROM _m")
         con.unregister("_m")
         record_stage(con, run_id, "evaluate", fp, None)
-    get_run_logger().info("retrieval (filter off): %s", {h: round(m["recall_at_1"], 3) for h, m in out.items()})
+    summary = {p: round(r["value"], 3) for p in PROTOCOLS for r in rows
+               if r["head"] == model.head and r["protocol"] == p and r["metric"] == "recall_at_1"}
+    get_run_logger().info("retrieval R@1, %s head: %s", model.head, summary)
     return out

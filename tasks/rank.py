@@ -1,16 +1,25 @@
-"""Results: the query -> top-k table, with the law applied row by row.
+"""Results: the query -> top-k table, with the law applied (the results contract).
+
+For every saved query the product ranks the gallery by the fused score (the relevance
+head fused with the photo's descriptions, models/fusion.py), then applies the law:
 
 - A query that describes a child gets one row: no photo, the disclaimer.
-- A photo the guard restricts keeps its rank (so positions stay honest) but is not
-  shown: ``shown`` is false, ``image`` is kept for the audit, and the disclaimer stands
-  in its place (``display`` is what a user sees).
+- Otherwise the rows are the top-k photos that may be shown, ranked among themselves
+  (``rank`` 1..k).  A photo the guard restricts (photo_flags.restricted; no verdict
+  counts as restricted) is never shown whatever its score: when it would have ranked
+  above the k-th shown photo it is recorded in ``withheld_results`` (its rank before the
+  law, ``model_rank``, and the reason) for compliance officers, and the query's first row
+  carries ``note`` -- stated once per query -- saying that images were withheld, with the
+  disclaimer.  If nothing may be shown, the query gets one disclaimer row.
 
 Ranking is two-stage (tasks/retrieval.py): an exact first stage picks each query's
-candidates from the gallery index, the chosen head reranks only those.  The queries are
-cut into shards, each a mapped task (tasks/distributed.py decides where they run).
+candidates from the gallery index (plus the photos whose descriptions match it best),
+the chosen head reranks only those.  Queries are cut into shards, each a mapped task.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -20,61 +29,125 @@ from tasks.config import DISCLAIMER
 
 # Bump when what ranking writes changes for the same inputs (order, columns, the law's
 # rules), so earlier runs' results are never copied into a run that would rank differently.
-RANK_FORMAT = 1
+# 2: fused with the description channel; shown photos only, withheld ones audited.
+RANK_FORMAT = 2
+# What a user reads once when a query's results left some photos out.
+WITHHELD_NOTE = f"Some images were withheld. {DISCLAIMER}"
+NO_VERDICT_REASON = "no photo guard verdict (fail-closed)"
+DEFAULT_REASON = "photo guard"
 
 RESULT_SCHEMA = {
     "run_id": pl.String,
     "query_id": pl.String,
     "query_text": pl.String,
-    "rank": pl.Int32,
-    "image": pl.String,
-    "score": pl.Float32,
+    "rank": pl.Int32,               # 1..k among the shown photos; null on a disclaimer-only row
+    "image": pl.String,             # the shown photo; null on a disclaimer-only row
+    "score": pl.Float32,            # the fused score in (0, 1): what the ranking sorts by
+    "model_score": pl.Float32,      # the relevance head's score in [0, 1]
+    "description_score": pl.Float32,  # best cosine with the photo's descriptions; null when none
+    "channel": pl.String,           # 'model', 'descriptions', or 'model (no descriptions)'
+    "model_rank": pl.Int32,         # the photo's rank before the law removed restricted photos
     "shown": pl.Boolean,
-    "disclaimer": pl.String,
-    "display": pl.String,
-    "blocked_reason": pl.String,
+    "disclaimer": pl.String,        # the legal text on a disclaimer-only row, else null
+    "display": pl.String,           # what the user sees: the photo's name or the disclaimer
+    "blocked_reason": pl.String,    # why a query got only the disclaimer
+    "note": pl.String,              # on a query's first row when photos were withheld, else null
+}
+
+WITHHELD_SCHEMA = {
+    "run_id": pl.String,
+    "query_id": pl.String,
+    "query_text": pl.String,
+    "image": pl.String,
+    "model_rank": pl.Int32,         # where it would have ranked, law off (1 = first)
+    "score": pl.Float32,            # its fused score
+    "reason": pl.String,            # photo_flags' reason / deciding signal, else 'photo guard'
 }
 
 
-def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and scores of the k best photos per query, best first (ties: lower index)."""
-    k = min(k, scores.shape[1])
-    idx = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return idx, np.take_along_axis(scores, idx, axis=1)
+@dataclass
+class Ranked:
+    """One query's candidates in the product's order, best first (all arrays [n])."""
+
+    rows: np.ndarray                # gallery rows
+    score: np.ndarray               # fused
+    model_score: np.ndarray
+    description_score: np.ndarray   # NaN where the photo has no description left
+    channel: np.ndarray             # str
 
 
-def build_results(
-    run_id: str,
-    query_ids: list[str],
-    query_texts: list[str],
-    query_blocked: list[bool],
-    gallery: list[str],
-    photo_restricted: np.ndarray,
-    idx: np.ndarray,
-    top: np.ndarray,
-    refusals: list[str | None] | None = None,
-) -> pl.DataFrame:
-    """``idx``/``top`` [queries, k]: each query's best gallery rows and scores, best first.
+def order_candidates(model, rows: np.ndarray, model_score: np.ndarray, desc_max: np.ndarray,
+                     desc_mean: np.ndarray, head: str | None = None) -> Ranked:
+    """Fuse one query's candidates (duplicates dropped) and sort them: fused score
+    descending, ties by lower gallery row."""
+    rows, first = np.unique(np.asarray(rows, np.int64), return_index=True)
+    ms, dx, dm = model_score[first], desc_max[first], desc_mean[first]
+    fused = model.fuse(ms, dx, dm, head)
+    f = model.fusions.get(head or model.head)
+    channel = (f.channel(ms, dx, dm) if f is not None else np.full(len(rows), "model", dtype=object))
+    order = np.lexsort((rows, -fused))
+    return Ranked(rows[order], fused[order], ms[order], dx[order], channel[order])
 
-    Rows of blocked queries in ``idx`` are never read: a blocked query gets the disclaimer,
-    or, when ``refusals`` gives it a message (blank, too long, not English), that message.
+
+def build_results(run_id: str, query_ids: list[str], query_texts: list[str], query_blocked: list[bool],
+                  gallery: list[str], photo_restricted: np.ndarray, reasons: list[str], ranked: dict[int, Ranked],
+                  k: int, refusals: list[str | None] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(search_results rows, withheld_results rows) under the results contract.
+
+    ``ranked[q]``: query q's candidates in the product's order (absent for blocked queries,
+    which are never scored).  ``photo_restricted`` [photos] bool, ``reasons`` [photos] why.
+    ``refusals[q]``: a refused query's message (blank, too long, not English) shown instead of
+    the disclaimer; None for a query that describes a child or is searchable.
     """
-    rows = []
+    rows, withheld = [], []
     for q, (qid, text, blocked) in enumerate(zip(query_ids, query_texts, query_blocked)):
         if blocked and refusals and refusals[q]:
-            rows.append((run_id, qid, text, None, None, None, False, None, refusals[q], refusals[q]))
+            rows.append((run_id, qid, text, None, None, None, None, None, None, None, False, None, refusals[q],
+                         refusals[q], None))
             continue
-        if blocked:
-            rows.append((run_id, qid, text, None, None, None, False, DISCLAIMER, DISCLAIMER,
-                         "query describes a child"))
+        if blocked or q not in ranked:
+            rows.append((run_id, qid, text, None, None, None, None, None, None, None, False, DISCLAIMER, DISCLAIMER,
+                         "query describes a child" if blocked else "nothing to rank", None))
             continue
-        for r in range(idx.shape[1]):
-            g = int(idx[q, r])
-            hidden = bool(photo_restricted[g])
-            rows.append((run_id, qid, text, r + 1, gallery[g], float(top[q, r]), not hidden,
-                         DISCLAIMER if hidden else None, DISCLAIMER if hidden else gallery[g],
-                         "photo shows a child" if hidden else None))
-    return pl.DataFrame(rows, schema=RESULT_SCHEMA, orient="row")
+        r = ranked[q]
+        mine, held = [], []
+        for pos, g in enumerate(r.rows):
+            if len(mine) == k:
+                break
+            g = int(g)
+            if photo_restricted[g]:
+                held.append((run_id, qid, text, gallery[g], pos + 1, float(r.score[pos]), reasons[g]))
+                continue
+            ds = None if np.isnan(r.description_score[pos]) else float(r.description_score[pos])
+            mine.append([run_id, qid, text, len(mine) + 1, gallery[g], float(r.score[pos]),
+                         float(r.model_score[pos]), ds, str(r.channel[pos]), pos + 1, True, None, gallery[g], None,
+                         None])
+        note = WITHHELD_NOTE if held else None
+        if mine:
+            mine[0][-1] = note
+            rows += [tuple(m) for m in mine]
+        else:
+            rows.append((run_id, qid, text, None, None, None, None, None, None, None, False, DISCLAIMER, DISCLAIMER,
+                         "every photo withheld", note))
+        withheld += held
+    return (pl.DataFrame(rows, schema=RESULT_SCHEMA, orient="row"),
+            pl.DataFrame(withheld, schema=WITHHELD_SCHEMA, orient="row"))
+
+
+def photo_verdicts(con, run_id: str) -> pl.DataFrame:
+    """Gallery photos in order with sha256, restricted (fail-closed) and the reason to withhold.
+
+    The reason is photo_flags' ``reason`` or ``deciding_signal`` column when the guard
+    writes one, else 'photo guard'; a photo without a verdict is restricted.
+    """
+    cols = {r[0] for r in con.execute("DESCRIBE photo_flags").fetchall()}
+    why = next((f"p.{c}" for c in ("reason", "deciding_signal") if c in cols), None)
+    reason = f"coalesce(CAST({why} AS VARCHAR), '{DEFAULT_REASON}')" if why else f"'{DEFAULT_REASON}'"
+    return con.execute(f"""
+        SELECT g.image, g.sha256, coalesce(p.restricted, true) AS restricted,
+               CASE WHEN p.image IS NULL THEN '{NO_VERDICT_REASON}' ELSE {reason} END AS reason
+        FROM gallery g LEFT JOIN photo_flags p ON p.run_id = ? AND p.image = g.image
+        ORDER BY g.image""", [run_id]).pl()
 
 
 # ---------------------------------------------------------------- Prefect task
@@ -92,13 +165,15 @@ from tasks.warehouse import connect  # noqa: E402
 
 
 @task(name="rank-shard", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def rank_shard(txt: np.ndarray, index: list[str], model, k: int,
-               config: RetrievalConfig = RetrievalConfig()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def rank_shard(txt: np.ndarray, index: list[str], model, k: int, config: RetrievalConfig = RetrievalConfig(),
+               extra: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One shard of queries: first stage over the index on disk, head on the candidates.
 
-    Returns (top-k gallery rows, their scores, the first stage's candidates best first).
-    Streams the index twice, a block at a time: once to pick candidates, once to fetch
-    their vectors for the head.
+    ``extra`` [queries, e]: more candidates per query (the photos whose descriptions match
+    best), scored by the head beside the first stage's.  ``k`` is unused (every candidate
+    is returned: the law may pass over some).  Returns (candidate rows [queries, n] in the
+    head's order, the head's scores, the first stage's candidates best first).  Streams the
+    index twice, a block at a time: once to pick candidates, once to fetch their vectors.
     """
     files = [Path(f) for f in index]
 
@@ -107,26 +182,34 @@ def rank_shard(txt: np.ndarray, index: list[str], model, k: int,
 
     cand, _ = retrieval.first_stage(retrieval.query_text_vectors(txt, model.bridge), blocks(config.precision),
                                     config.candidates, config.precision)
-    idx, top = retrieval.rerank(model, lambda rows: retrieval.gather_rows(blocks("fp32"), rows), txt, cand, k)
+    pool = cand if extra is None or extra.size == 0 else np.hstack([cand, extra])
+    idx, top = retrieval.rerank(model, lambda rows: retrieval.gather_rows(blocks("fp32"), rows), txt, pool,
+                                pool.shape[1])
     return idx, top, cand
 
 
 def rank_queries(tr, db: Path, run_id: str, images, texts, model, top_k: int, index_root: Path,
                  config: RetrievalConfig = RetrievalConfig(), shards: ShardConfig = ShardConfig()) -> pl.DataFrame:
-    """Every saved query against the gallery; blocked queries are never scored.
+    """Every saved query against the gallery under the results contract; blocked queries
+    are never scored.
 
-    Runs in the flow: builds (or reuses) the gallery index, maps ``rank_shard`` over
-    query shards on ``tr``, writes search_results, and records how much of each head's
-    full top-10 the first stage kept (model_metrics, protocol 'first_stage').
+    Runs in the flow: builds (or reuses) the gallery index, maps ``rank_shard`` over query
+    shards on ``tr``, fuses the head's scores with the description channel (each saved
+    query's own description left out), applies the law, writes search_results and
+    withheld_results, and records how much of each head's full top-10 the first stage
+    kept (model_metrics, protocol 'first_stage').
 
     When nothing the results depend on changed since an earlier published run (same
-    model and head, same gallery photos and their guard verdicts, same queries and
-    verdicts, same k and retrieval settings), that run's results are this run's too.
+    model and head, gallery photos and their verdicts, queries and verdicts, allowed
+    descriptions, k and retrieval settings), that run's results are this run's too.
     """
+    from dataclasses import asdict
+
     from prefect import unmapped
 
+    from models.features import HEADS
+    from tasks.descriptions import description_scores, gallery_descriptions, top_description_candidates
     from tasks.distributed import shard_bounds
-    from tasks.train import HEADS
 
     log = get_run_logger()
     with connect(db) as con:
@@ -136,34 +219,33 @@ def rank_queries(tr, db: Path, run_id: str, images, texts, model, top_k: int, in
             FROM stg_test_queries q
             LEFT JOIN text_flags f ON f.run_id = ? AND f.text_kind = 'query' AND f.text_id = q.query_id
             ORDER BY q.query_id""", [list(REFUSALS), run_id]).pl()
-        photos = con.execute("""
-            SELECT g.image, g.sha256, coalesce(p.restricted, true) AS restricted
-            FROM gallery g LEFT JOIN photo_flags p ON p.run_id = ? AND p.image = g.image
-            ORDER BY g.image""", [run_id]).pl()
+        photos = photo_verdicts(con, run_id)
+        gallery = photos["image"].to_list()
+        descs, desc_rows = gallery_descriptions(con, run_id, gallery, lambda t: texts.vectors[texts.rows(t)])
     blocked = q["blocked"].to_list()
-    gallery = photos["image"].to_list()
     k = min(top_k, len(gallery))
-    from dataclasses import asdict
-
     fp = fingerprint(f"rank v{RANK_FORMAT}", model.fingerprint, model.head, images.encoder, texts.encoder, k,
-                     asdict(config), q.rows(), photos.rows())
+                     asdict(config), q.rows(), photos.rows(), desc_rows.rows())
     with connect(db) as con:
         if (found := earlier_run_with(con, "rank", fp, run_id)) is not None:
             prev, origin = found
             copy_run_rows(con, "search_results", prev, run_id)
+            copy_run_rows(con, "withheld_results", prev, run_id)
             copy_run_rows(con, "model_metrics", prev, run_id, "protocol = 'first_stage'")
             record_stage(con, run_id, "rank", fp, origin)
             results = con.execute("SELECT * FROM search_results WHERE run_id = ? ORDER BY query_id, rank NULLS FIRST",
                                   [run_id]).pl()
             log.info("results: inputs unchanged since run %s (%s): its %d rows reused", prev, fp, results.height)
             return results
-    idx = np.zeros((q.height, k), np.int64)
-    top = np.zeros((q.height, k), np.float32)
     allowed = [i for i, b in enumerate(blocked) if not b]
     metrics: list[dict] = []
+    ranked: dict[int, Ranked] = {}
     if allowed and gallery:
         img = images.features[images.rows("test", gallery)]
         txt = texts.vectors[texts.rows([q["query_text"][i] for i in allowed])]
+        own = [q["query_id"][i] for i in allowed]  # a saved query is its photo's description: left out
+        dmax, dmean = description_scores(txt, descs, own)
+        extra = top_description_candidates(dmax, config.candidates) if len(descs.ids) else None
         key = retrieval.index_key(model.fingerprint, images.encoder, photos["sha256"].to_list())
         files = retrieval.build_index(index_root / key, model.bridge, img, gallery, photos["sha256"].to_list())
         retrieval.prune_indexes(index_root, index_root / key)
@@ -171,10 +253,13 @@ def rank_queries(tr, db: Path, run_id: str, images, texts, model, top_k: int, in
         futures = tr.map(rank_shard, {
             "txt": [txt[a:b] for a, b in bounds],
             "index": unmapped([str(f) for f in files]),
-            "model": unmapped(model), "k": unmapped(k), "config": unmapped(config)})
+            "model": unmapped(model), "k": unmapped(k), "config": unmapped(config),
+            "extra": [None if extra is None else extra[a:b] for a, b in bounds]})
         parts = [f.result() for f in futures]
-        idx[allowed] = np.concatenate([p[0] for p in parts])
-        top[allowed] = np.concatenate([p[1] for p in parts])
+        idx = [row for p in parts for row in p[0]]
+        top = [row for p in parts for row in p[1]]
+        for j, i in enumerate(allowed):
+            ranked[i] = order_candidates(model, idx[j], top[j], dmax[j, idx[j]], dmean[j, idx[j]])
         cand = np.concatenate([p[2] for p in parts])
         at = sorted({c for c in (10, 20, 50) if c < cand.shape[1]} | {cand.shape[1]})
         metrics = retrieval.first_stage_recall(
@@ -186,11 +271,14 @@ def rank_queries(tr, db: Path, run_id: str, images, texts, model, top_k: int, in
                     {"head": model.head, "metric": "candidates_C", "value": float(config.candidates)},
                     {"head": model.head, "metric": "gallery_photos", "value": float(len(gallery))}]
         log.info("ranked %d queries in %d shards: first stage top-%d of %d photos keeps %.3f of the %s head's "
-                 "full top-10", len(allowed), len(bounds), cand.shape[1], len(gallery), kept, model.head)
-    results = build_results(run_id, q["query_id"].to_list(), q["query_text"].to_list(), blocked, gallery,
-                            photos["restricted"].to_numpy(), idx, top, q["refusal"].to_list())
+                 "full top-10; %d descriptions of %d photos fused", len(allowed), len(bounds), cand.shape[1],
+                 len(gallery), kept, model.head, len(descs.ids), int((descs.counts() > 0).sum()))
+    results, withheld = build_results(run_id, q["query_id"].to_list(), q["query_text"].to_list(), blocked, gallery,
+                                      photos["restricted"].to_numpy(), photos["reason"].to_list(), ranked, k,
+                                      q["refusal"].to_list())
     with connect(db) as con:
         append_run_rows(con, "search_results", run_id, results)
+        append_run_rows(con, "withheld_results", run_id, withheld)
         record_stage(con, run_id, "rank", fp, None)
         con.execute("DELETE FROM model_metrics WHERE run_id = ? AND protocol = 'first_stage'", [run_id])
         if metrics:
@@ -199,6 +287,6 @@ def rank_queries(tr, db: Path, run_id: str, images, texts, model, top_k: int, in
                 pl.lit("first_stage").alias("protocol")))
             con.execute("INSERT INTO model_metrics BY NAME SELECT * FROM _m")
             con.unregister("_m")
-    log.info("results: %d queries (%d blocked), %d rows, %d photos hidden",
-             q.height, sum(blocked), results.height, int((~results["shown"]).sum()) - sum(blocked))
+    log.info("results: %d queries (%d blocked), %d rows, %d photos withheld in %d queries",
+             q.height, sum(blocked), results.height, withheld.height, withheld["query_id"].n_unique())
     return results

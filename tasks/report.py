@@ -100,7 +100,9 @@ def sample_query_ids(results: pl.DataFrame, config: ReportConfig) -> list[str]:
     """
     per_q = (results.group_by("query_id")
              .agg(pl.col("rank").is_null().any().alias("blocked"),
-                  (pl.col("rank").is_not_null() & ~pl.col("shown")).any().alias("hidden"))
+                  ((pl.col("rank").is_not_null() & ~pl.col("shown"))
+                   | (pl.col("note").is_not_null() if "note" in results.columns else pl.lit(False))
+                   ).any().alias("hidden"))
              .with_columns(pl.col("query_id").map_elements(
                  lambda q: hashlib.sha256(q.encode()).hexdigest(), return_dtype=pl.String).alias("h"))
              .sort("h"))
@@ -133,7 +135,9 @@ def sample_cards(results: pl.DataFrame, sample: list[str], written_for: dict, th
         rows = results.filter(pl.col("query_id") == qid).sort("rank", nulls_last=False)
         first = rows.row(0, named=True)
         card = {"query_id": qid, "text": first["query_text"], "blocked": first["rank"] is None,
-                "blocked_reason": first.get("blocked_reason"), "photos": [], "n_hidden": 0}
+                "blocked_reason": first.get("blocked_reason"), "photos": [], "n_hidden": 0,
+                # Results contract: withheld photos are not rows; the query's first row carries the note.
+                "note": next((n for n in rows["note"].to_list() if n), None) if "note" in rows.columns else None}
         if not card["blocked"]:
             for r in rows.iter_rows(named=True):
                 shown = bool(r["shown"]) and r["image"] in thumbs

@@ -24,19 +24,22 @@ import polars as pl
 from safetensors.numpy import load_file, save_file
 
 from models.bridge import Bridge, BridgeConfig
-from models.features import bridge_cosine, bridge_score, pair_features
+from models.features import HEADS, bridge_cosine, bridge_score, pair_features
+from models.fusion import FEATURE_SETS, MIN_GAIN, Fusion
 from models.lgbm_head import LgbmConfig, LgbmHead
 from models.mlp_head import MlpConfig, MlpHead
 from tasks.config import SEED
+from tasks.descriptions import cross_validate_fusion, pair_description_scores
 from tasks.evaluate import judgment_agreement, rank_metrics, retrieval_ranks
 from tasks.progress import track
 from tasks.sql_project import project_var
 from tasks.warehouse import atomic_write_bytes
 
-HEADS = ("bridge", "lgbm", "mlp")
 SELECTION_METRIC = "expert_kendall_tau_c"
 # Bump when the saved model's meaning changes, so older saved heads are never reused.
-MODEL_FORMAT = 2
+# 3: folds from scikit-learn's GroupKFold, and the description fusion saved beside the heads.
+# 4: the fusion's feature set chosen simplest-first.
+MODEL_FORMAT = 4
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,14 @@ def build_training_set(pairs: pl.DataFrame, positives: pl.DataFrame,
 
 
 def photo_folds(n_photos: int, k: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    folds = np.arange(n_photos) % k
-    rng.shuffle(folds)
+    """The fold [n_photos] each photo is validated in: scikit-learn's GroupKFold, shuffled,
+    one group per photo (every pair of a photo follows it)."""
+    from sklearn.model_selection import GroupKFold
+
+    folds = np.zeros(n_photos, np.int64)
+    photos = np.arange(n_photos)
+    for k_, (_, val) in enumerate(GroupKFold(n_splits=k, shuffle=True, random_state=seed).split(photos, groups=photos)):
+        folds[val] = k_
     return folds
 
 
@@ -240,6 +248,52 @@ def choose_head(metrics: list[dict]) -> str:
     return max(sorted(cv), key=lambda h: cv[h])
 
 
+def fit_fusions(score_oof: dict[str, np.ndarray], desc_max: np.ndarray, desc_mean: np.ndarray,
+                target: np.ndarray, weight: np.ndarray, pair_img: np.ndarray, expert: np.ndarray,
+                crowd_share: np.ndarray, k: int, seed: int) -> tuple[dict[str, Fusion], list[dict]]:
+    """For each head: every feature set cross-validated on training folds grouped by photo,
+    the best by out-of-fold expert tau-c (a richer set must gain MIN_GAIN over a simpler one)
+    chosen and refitted on every pair.
+
+    ``score_oof[head]`` [pairs]: the head's out-of-fold scores (NaN where none; those pairs
+    are left out).  Returns ({head: chosen fusion}, model_metrics rows with protocol
+    'fusion_oof_grouped_by_photo', head '<head>+<kind>').
+    """
+    fusions: dict[str, Fusion] = {}
+    rows: list[dict] = []
+    if np.isnan(desc_max).all():
+        return fusions, rows
+    for head, s in score_oof.items():
+        ok = ~np.isnan(s)
+        best, best_tau = next(iter(FEATURE_SETS)), -np.inf
+        for kind in FEATURE_SETS:
+            oof = cross_validate_fusion(kind, s[ok], desc_max[ok], desc_mean[ok], target[ok], weight[ok],
+                                        pair_img[ok], k, seed)
+            has = ~np.isnan(oof)
+            measured = judgment_agreement(oof[has], expert[ok][has], crowd_share[ok][has])
+            d = has & ~np.isnan(desc_max[ok])
+            if d.sum() > 2:
+                on_desc = judgment_agreement(oof[d], expert[ok][d], crowd_share[ok][d])
+                measured.update({f"{m}_pairs_with_descriptions": v for m, v in on_desc.items()})
+            # Undefined figures (a constant input, e.g. tiny data) are left out, not stored as NaN.
+            rows += [{"head": f"{head}+{kind}", "protocol": "fusion_oof_grouped_by_photo", "metric": m,
+                      "value": float(v)} for m, v in measured.items() if np.isfinite(v)]
+            tau = measured.get("expert_kendall_tau_c", -np.inf)
+            if tau > best_tau + MIN_GAIN:  # sets go simplest first: a richer one must do better
+                best, best_tau = kind, tau
+        fusions[head] = Fusion.fit(best, s[ok], desc_max[ok], desc_mean[ok], target[ok], weight[ok])
+        rows.append({"head": f"{head}+{best}", "protocol": "fusion_selection", "metric": "chosen", "value": 1.0})
+    return fusions, rows
+
+
+def fusion_table(ts: TrainingSet, cv: CrossValidation, config: TrainConfig) -> tuple[dict[str, Fusion], list[dict]]:
+    """Each head's fusion with the description channel, fitted on its out-of-fold scores
+    (folds grouped by photo) with every pair's caption left out of its photo's descriptions."""
+    dmax, dmean = pair_description_scores(ts.txt, ts.txt_home, len(ts.img), ts.pair_img, ts.pair_txt)
+    return fit_fusions(cv.oof, dmax, dmean, ts.target, ts.weight, ts.pair_img, ts.expert, ts.crowd_share,
+                       config.folds, config.seed)
+
+
 @dataclass
 class FittedModel:
     bridge: Bridge
@@ -247,6 +301,15 @@ class FittedModel:
     head: str
     fingerprint: str = ""
     settings: dict = field(default_factory=dict)  # what the model card reports: config, data, timing
+    fusions: dict[str, Fusion] = field(default_factory=dict)  # head -> fusion with the description channel
+
+    def fuse(self, score: np.ndarray, desc_max: np.ndarray, desc_mean: np.ndarray,
+             head: str | None = None) -> np.ndarray:
+        """The product's score: the head's ``score`` fused with the description channel
+        (models/fusion.py); the head's score itself when no fusion was fitted (no training
+        pair had a description)."""
+        f = self.fusions.get(head or self.head)
+        return np.asarray(score, np.float32) if f is None else f.score(score, desc_max, desc_mean)
 
     def score(self, img: np.ndarray, txt: np.ndarray, img_idx: np.ndarray, txt_idx: np.ndarray,
               head: str | None = None) -> np.ndarray:
@@ -278,6 +341,7 @@ def save_model(model: FittedModel, folder: Path, card: dict) -> Path:
     save_file({k: v.numpy() for k, v in mlp.state_dict().items()}, str(folder / "mlp.safetensors"))
     atomic_write_bytes(model.heads["lgbm"].to_text().encode(), folder / "lgbm.txt")
     meta = {"head": model.head, "mlp_n_in": int(mlp.mean.shape[0]), "mlp_config": asdict(mlp.config)}
+    meta["fusions"] = {h: f.to_dict() for h, f in model.fusions.items()}
     atomic_write_bytes(json.dumps(meta, indent=2).encode(), folder / "model.json")
     atomic_write_bytes(json.dumps(card, indent=2, default=str).encode(), folder / "card.json")
     return folder
@@ -290,7 +354,9 @@ def load_model(folder: Path) -> FittedModel:
     mlp = MlpHead(meta["mlp_n_in"], MlpConfig(**meta["mlp_config"]))
     mlp.load_state_dict({k: torch.from_numpy(v) for k, v in load_file(str(folder / "mlp.safetensors")).items()})
     heads = {"lgbm": LgbmHead.from_text((folder / "lgbm.txt").read_text()), "mlp": mlp.eval()}
-    return FittedModel(Bridge.from_state_dict(load_file(str(folder / "bridge.safetensors"))), heads, meta["head"])
+    fusions = {h: Fusion.from_dict(d) for h, d in meta.get("fusions", {}).items()}
+    return FittedModel(Bridge.from_state_dict(load_file(str(folder / "bridge.safetensors"))), heads, meta["head"],
+                       fusions=fusions)
 
 
 # ---------------------------------------------------------------- Prefect task
@@ -332,9 +398,12 @@ def train_heads_task(db: Path, run_id: str, images, texts, models_root: Path, he
         log.info("training data unchanged (%s): heads reused (fitted in run %s)", fingerprint, fitted_in)
     else:
         started = time.perf_counter()
-        metrics = agreement_table(ts, cross_validate(ts, config), "oof_grouped_by_photo")
+        cv = cross_validate(ts, config)
+        metrics = agreement_table(ts, cv, "oof_grouped_by_photo")
         metrics += agreement_table(ts, cross_validate(ts, config, strict_captions=True), "oof_strict_captions")
         model = fit_final(ts, config, choose_head(metrics))
+        model.fusions, fusion_rows = fusion_table(ts, cv, config)
+        metrics += fusion_rows
         seconds = time.perf_counter() - started
         card = {"fingerprint": fingerprint, "head": model.head, "config": asdict(config),
                 "image_encoder": images.encoder, "text_encoder": texts.encoder,

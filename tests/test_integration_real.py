@@ -78,3 +78,21 @@ def test_real_metrics_recorded(real_run):
         assert got[(head, "oof_grouped_by_photo", "expert_kendall_tau_c")] > 0.3
         assert got[(head, "test_queries_filter_off", "recall_at_10")] > 0.4
     assert (wh / "reports" / summary["run_id"] / "model_card.json").exists()
+
+
+def test_real_description_protocols_and_withheld_audit(real_run):
+    """Issue 18's three protocols are in the run's metrics (p3, every description removed,
+    ranks exactly as the model alone), and every withheld photo is a restricted one."""
+    wh, summary = real_run
+    con = duckdb.connect(str(wh / "with_sense.duckdb"), read_only=True)
+    m = con.execute("SELECT head, protocol, metric, value FROM latest_model_metrics WHERE component = 'relevance'").pl()
+    got = {(r["head"], r["protocol"], r["metric"]): r["value"] for r in m.to_dicts()}
+    head = summary["head"]
+    for metric in ("recall_at_1", "recall_at_10", "mrr"):
+        p1 = got[(head, "p1_model_alone", metric)]
+        assert got[(head, "p3_product_no_descriptions", metric)] == pytest.approx(p1, abs=1e-9)
+        assert (head, "p2_product_own_description_left_out", metric) in got
+    held = con.execute("""SELECT count(*) FILTER (WHERE NOT p.restricted) AS free, count(*) AS n
+                          FROM latest_withheld_results w
+                          JOIN photo_flags p ON p.run_id = w.run_id AND p.image = w.image""").fetchone()
+    assert held[0] == 0 and held[1] > 0

@@ -184,22 +184,27 @@ def test_both_views_embedded_in_one_pass(run):
     assert pq.read_schema(guard[0]).names == ["sha256", "features", "max_features", "logits"]
 
 
-def test_innocent_query_keeps_restricted_photo_rank_but_hides_it(run):
-    """Nightly table: every restricted photo in an allowed query's top-k keeps its rank,
-    keeps its name for the audit, is not shown, and the disclaimer stands in its place."""
+def test_innocent_query_never_shows_a_restricted_photo_and_audits_it(run):
+    """Nightly table (results contract, issue 12 part 3): an allowed query's rows are the
+    photos that may be shown, ranked 1..n among themselves; a restricted photo that would
+    have ranked above them is recorded in withheld_results with its rank and reason."""
+    from tasks.rank import WITHHELD_NOTE
+
     con = connect(run)
     rows = con.execute("""
-        SELECT r.*, p.restricted FROM latest_search_results r
+        SELECT r.*, coalesce(p.restricted, true) AS restricted FROM latest_search_results r
         JOIN text_flags f ON f.run_id = r.run_id AND f.text_kind = 'query' AND f.text_id = r.query_id
-        JOIN photo_flags p ON p.run_id = r.run_id AND p.image = r.image
-        WHERE NOT f.flagged""").pl()
-    hidden = rows.filter(pl.col("restricted"))
-    assert hidden.height > 0
-    assert (~hidden["shown"]).all() and hidden["image"].is_not_null().all() and hidden["rank"].is_not_null().all()
-    assert (hidden["display"] == DISCLAIMER).all() and (hidden["disclaimer"] == DISCLAIMER).all()
-    assert (hidden["blocked_reason"] == "photo shows a child").all()
+        LEFT JOIN photo_flags p ON p.run_id = r.run_id AND p.image = r.image
+        WHERE NOT f.flagged AND r.rank IS NOT NULL""").pl()
+    assert rows.height > 0 and not rows["restricted"].any() and rows["shown"].all()
     for _, g in rows.group_by("query_id"):
         assert sorted(g["rank"].to_list()) == list(range(1, g.height + 1))
+    held = con.execute("""SELECT w.*, p.restricted FROM latest_withheld_results w
+                          JOIN photo_flags p ON p.run_id = w.run_id AND p.image = w.image""").pl()
+    assert held.height > 0 and held["restricted"].all()
+    noted = set(con.execute("SELECT query_id FROM latest_search_results WHERE note = ?",
+                            [WITHHELD_NOTE]).pl()["query_id"])
+    assert noted == set(held["query_id"])
 
 
 def test_adhoc_innocent_query_never_shows_a_restricted_photo(run):
@@ -210,11 +215,11 @@ def test_adhoc_innocent_query_never_shows_a_restricted_photo(run):
                                     WHERE run_id = (SELECT run_id FROM latest_run) AND restricted""").pl()["image"])
     n = con.execute("SELECT count(*) FROM gallery").fetchone()[0]
     rows = run_search([INNOCENT], run.warehouse, k=n)  # the whole gallery: every restricted photo is ranked
-    assert [r["rank"] for r in rows] == list(range(1, n + 1))
-    hidden = [r for r in rows if not r["shown"]]
-    assert len(hidden) == len(restricted) > 0
-    assert all(r["image"] is None and r["display"] == DISCLAIMER == r["disclaimer"] for r in hidden)
-    assert not {r["image"] for r in rows if r["shown"]} & restricted
+    assert len(restricted) > 0
+    assert [r["rank"] for r in rows] == list(range(1, n - len(restricted) + 1))
+    assert all(r["shown"] and r["display"] == r["image"] for r in rows)
+    assert not {r["image"] for r in rows} & restricted
+    assert rows[0]["note"] and DISCLAIMER in rows[0]["note"] and not any(r["note"] for r in rows[1:])
 
 
 def test_blocked_query_gets_exactly_one_disclaimer_row(run):
@@ -235,10 +240,11 @@ def test_blocked_query_gets_exactly_one_disclaimer_row(run):
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     girl = [r for r in rows if r["query"] == "a little girl in a pink dress"]
     assert girl == [{"query": "a little girl in a pink dress", "rank": None, "image": None, "score": None,
-                     "shown": False, "disclaimer": DISCLAIMER, "display": DISCLAIMER}]
+                     "model_score": None, "description_score": None, "channel": None, "shown": False,
+                     "disclaimer": DISCLAIMER, "display": DISCLAIMER, "note": None}]
     innocent = [r for r in rows if r["query"] == INNOCENT]
-    assert [r["rank"] for r in innocent] == [1, 2, 3]
-    assert all((r["image"] is None) == (not r["shown"]) == (r["display"] == DISCLAIMER) for r in innocent)
+    assert [r["rank"] for r in innocent] == list(range(1, len(innocent) + 1))
+    assert all(r["shown"] and r["display"] == r["image"] for r in innocent)
 
 
 def test_training_exclusions_list_every_removed_pair_with_a_reason(run):
@@ -281,6 +287,5 @@ def test_gallery_photo_without_a_verdict_is_hidden(run, tmp_path):
     n = con.execute("SELECT count(*) FROM gallery").fetchone()[0]
     con.close()
     rows = run_search([INNOCENT], wh, k=n)
-    assert len(rows) == n
     assert free[0] not in {r["image"] for r in rows}
-    assert sum(not r["shown"] for r in rows) >= 1
+    assert rows[0]["note"] and all(r["shown"] for r in rows)

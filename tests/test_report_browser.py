@@ -57,12 +57,13 @@ def test_report_renders_with_thumbnails_disclaimers_and_plots(run):
         blocked = con.execute("SELECT count(*) FROM latest_search_results WHERE rank IS NULL").fetchone()[0]
         hidden = con.execute("SELECT count(*) FROM latest_search_results WHERE rank IS NOT NULL AND NOT shown"
                              ).fetchone()[0]
+        noted = con.execute("SELECT count(*) FROM latest_search_results WHERE note IS NOT NULL").fetchone()[0]
         restricted = [r[0] for r in con.execute("SELECT image FROM photo_flags WHERE restricted").fetchall()]
     # The tiny dataset has blocked queries and restricted photos; all its 8 queries are in the sample.
-    assert blocked > 0 and hidden > 0 and restricted
+    # Results contract: restricted photos are withheld (never a row), a note says so once per query.
+    assert blocked > 0 and hidden == 0 and noted > 0 and restricted
     assert dom.count('class="blocked-query"') == blocked
-    assert dom.count('class="blocked-photo disclaimer"') == hidden
-    assert dom.count(DISCLAIMER) == blocked + hidden
+    assert dom.count(DISCLAIMER) == blocked + noted
     # A restricted photo is never pictured, not even as a thumbnail file.
     imgs = re.findall(r"<img [^>]*>", dom)
     assert len(imgs) == int(total) and len(imgs) <= 8 * TOP_K

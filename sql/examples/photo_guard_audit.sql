@@ -1,5 +1,6 @@
 -- The photo guard's decisions in the latest run: each restricted gallery photo, its
--- score against the threshold, and how many saved queries would have shown it.
+-- score against the threshold, and how many saved queries would have shown it
+-- (withheld_results: the photo ranked above a query's last shown photo).
 with latest as (
     select run_id from latest_run
 ),
@@ -11,9 +12,8 @@ flags as (
 ),
 
 appearances as (
-    select image, count(*) as result_rows, min(rank) as best_rank
-    from latest_search_results
-    where rank is not null
+    select image, count(*) as result_rows, min(model_rank) as best_rank
+    from latest_withheld_results
     group by image
 ),
 

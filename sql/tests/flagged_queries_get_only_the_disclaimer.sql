@@ -3,6 +3,8 @@
 with flagged as (
     select run_id, text_id as query_id from {{ source('history', 'text_flags') }}
     where text_kind = 'query' and flagged
+      -- refused queries (tasks/text_safety: blank, too long, not judged) get a message instead
+      and coalesce(rule, '') not in ('blank_query', 'query_too_long', 'unsupported_language', 'not_english')
 ),
 
 answers as (
