@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     speed_texts = cases["text"].to_list() * 10
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPU, Python {platform.python_version()}",
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPU, Python {platform.python_version()}, "
+                   f"load average {os.getloadavg()[0]:.1f} at start (other work shares the cores)",
         "command": "python bench/text_filter.py" + (f" --baseline {a.baseline}" if a.baseline else ""),
         "cases": str(a.cases.relative_to(ROOT)) if a.cases.is_relative_to(ROOT) else str(a.cases),
         "n_cases": cases.height,

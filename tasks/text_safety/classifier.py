@@ -36,6 +36,7 @@ SEARCH_LANGUAGES = ("en",)
 # lingua's short-text guesses mix close languages (Russian/Ukrainian, Spanish/Catalan): a
 # text is "unsupported" only when the judged languages together stay under this share.
 UNJUDGED_SHARE = 0.3
+NOT_ENGLISH_BELOW = 0.2
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,10 @@ def _unsupported(guess: LanguageGuess) -> bool:
 
 
 def _confident_foreign(text: str) -> bool:
-    # A short English query can look foreign to lingua ("dog beach"): refuse only a clear guess.
+    # A short English query that fails the vocabulary test can still look foreign to lingua:
+    # refuse only when English itself is unlikely.
     guess = detect_language(text)
-    return guess.code not in SEARCH_LANGUAGES and guess.confidence >= 0.5
+    return guess.code not in SEARCH_LANGUAGES and guess.english < NOT_ENGLISH_BELOW
 
 
 def classify_many(texts: Iterable[str], lexicon: Lexicon | None = None) -> list[TextVerdict]:

@@ -52,6 +52,7 @@ class LanguageGuess:
     confidence: float  # 0..1; 1.0 for the vocabulary test
     method: str        # "vocabulary", "lingua" or "none"
     judged_share: float = 1.0  # lingua's confidence summed over the languages the filter reads
+    english: float = 1.0  # lingua's confidence that the text is English
 
 
 @lru_cache(maxsize=1)
@@ -73,10 +74,11 @@ def detect_language(text: str) -> LanguageGuess:
         return LanguageGuess("en", 1.0, "vocabulary")
     values = _detector().compute_language_confidence_values(text)
     if not values:
-        return LanguageGuess("und", 0.0, "lingua")
+        return LanguageGuess("und", 0.0, "lingua", 0.0, 0.0)
     top = values[0]
     judged = sum(float(v.value) for v in values if v.language.iso_code_639_1.name.lower() in _JUDGED)
-    return LanguageGuess(top.language.iso_code_639_1.name.lower(), float(top.value), "lingua", judged)
+    english = sum(float(v.value) for v in values if v.language.iso_code_639_1.name == "EN")
+    return LanguageGuess(top.language.iso_code_639_1.name.lower(), float(top.value), "lingua", judged, english)
 
 
 @dataclass(frozen=True)
