@@ -467,8 +467,13 @@ def test_good_rows_give_the_clean_results(corrupted, clean):
     assert query(a, fp, [clean.run_id])[0, 0] == query(b, fp, [corrupted.run_id])[0, 0]
     ta, tb = current_tables(a), current_tables(b)
     for table in ["raw_train_pairs", "raw_expert_annotations", "raw_crowd_annotations", "raw_test_images",
-                  "gallery", "training_pairs", "training_photos"]:
+                  "training_pairs", "training_photos"]:
         assert_same(ta[table], tb[table], table)
+    # The gallery photo without its end marker has other bytes (so another sha256), the same pixels.
+    changed = ta["gallery"].join(tb["gallery"], on="image").filter(pl.col("sha256") != pl.col("sha256_right"))
+    assert changed["image"].to_list() == ["5010_test.jpg"]
+    assert_same(ta["gallery"].drop("sha256", "bytes", strict=False),
+                tb["gallery"].drop("sha256", "bytes", strict=False), "gallery")
     ref = results(a, clean.run_id)
     assert ref.filter(pl.col("query_id") == DAMAGED_QUERY).height > 0
     assert_same(ref.filter(pl.col("query_id") != DAMAGED_QUERY), results(b, corrupted.run_id), "search_results")
@@ -534,28 +539,35 @@ class Killed:
     exports: dict[str, str]
     work_left: list[str]
     parts: list[Path]
-    photos_done: int  # photos in the embeddings parts the killed run wrote
+    photos_done: int  # photos the killed run wrote to the parts of both views
     code: int
 
 
 @pytest.fixture(scope="module")
 def killed(root, clean) -> Killed:
-    """A CLI reindex, SIGKILLed as soon as its first embeddings part is written."""
+    """A CLI reindex, SIGKILLed as soon as both photo views have written an embeddings part."""
     wh = seed_warehouse(clean.wh, root / "wh-kill", embeddings=False)
     db_sha, exports = sha(wh / DB_NAME), folder_hashes(wh / "exports")
     run = start_cli("killed", root, clean.data, wh)
     deadline = time.monotonic() + RUN_TIMEOUT
+    # A photo is done when both views (relevance, photo guard) have it: each writes its own
+    # part, one after the other, so the kill waits for a part of each.
+    views = ("image", "photo_guard")
     parts: list[Path] = []
-    while not parts and run.proc.poll() is None and time.monotonic() < deadline:
+    while run.proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-        parts = sorted((wh / "embeddings").glob("image/*/part-*.parquet"))
+        parts = sorted(p for v in views for p in (wh / "embeddings").glob(f"{v}/*/part-*.parquet"))
+        if {p.parent.parent.name for p in parts} == set(views):
+            break
     assert parts, f"no embeddings part appeared; stderr: {run.stderr[-3000:]}"
     os.kill(run.proc.pid, signal.SIGKILL)
     code = run.proc.wait(60)
     work_left = sorted(p.name for p in (wh / ".work").iterdir())
     end_group(run.proc)  # its orphaned Prefect server
-    parts = sorted((wh / "embeddings").glob("image/*/part-*.parquet"))
-    done = sum(pq.read_metadata(p).num_rows for p in parts)
+    parts = sorted(p for v in views for p in (wh / "embeddings").glob(f"{v}/*/part-*.parquet"))
+    done = len(set.intersection(*(
+        {k for p in parts if p.parent.parent.name == v for k in pq.read_table(p, columns=["sha256"]).column(0).to_pylist()}
+        for v in views)))
     return Killed(wh, db_sha, exports, work_left, parts, done, code)
 
 
@@ -581,7 +593,7 @@ def test_next_run_after_a_kill_completes_and_reuses_embeddings(killed, clean):
     # The photos the killed run finished come from its part files; only the rest are embedded.
     assert query(db, embedded, [summary["run_id"]])[0, 0] == total - killed.photos_done
     assert list((killed.wh / ".work").iterdir()) == []
-    assert set(killed.parts) <= set((killed.wh / "embeddings").glob("image/*/part-*.parquet"))
+    assert set(killed.parts) <= set((killed.wh / "embeddings").glob("*/*/part-*.parquet"))
     assert_same(results(db, summary["run_id"]), results(clean.snapshot, clean.run_id), "search_results")
     assert query(db, "SELECT count(*) FROM runs")[0, 0] == 2  # the killed run was never published
 
