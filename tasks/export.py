@@ -23,6 +23,7 @@ EXPORTS = {
     "ingest_ledger": "SELECT * FROM ingest_ledger WHERE run_id = ? ORDER BY source",
     "text_flags": "SELECT * FROM text_flags WHERE run_id = ? ORDER BY text_kind, text_id",
     "photo_flags": "SELECT * FROM photo_flags WHERE run_id = ? ORDER BY image",
+    "withheld_results": "SELECT * FROM withheld_results WHERE run_id = ? ORDER BY query_id, model_rank",
 }
 HEADLINE = [
     ("relevance", "oof_grouped_by_photo", "expert_kendall_tau_c"),
@@ -107,8 +108,8 @@ def finish_run_task(db: Path, run_id: str, wh: Warehouse, ledger: pl.DataFrame, 
         "headline": headline,
         "results": {"rows": results.height, "queries": results["query_id"].n_unique(),
                     "blocked_queries": int(results["rank"].is_null().sum()),
-                    "shown_rows": shown.height, "hidden_photo_rows": int((~results["shown"]).sum()
-                                                                          - results["rank"].is_null().sum())},
+                    # Results contract: a withheld photo is not a result row; withheld_results audits it.
+                    "shown_rows": shown.height, "hidden_photo_rows": frames["withheld_results"].height},
         # Seconds per stage up to this one (flows/reindex.py), and which stages reused earlier output.
         "stage_seconds": stage_seconds or {},
         "reused": dict(con_rows(db, "SELECT stage, reused_from FROM run_stages WHERE run_id = ? ORDER BY stage",

@@ -53,7 +53,7 @@ from tasks.warehouse import (
 
 TOP_K = 5
 RUN_TIMEOUT = 900  # seconds; a tiny run takes well under this even on a loaded machine
-HISTORY = ["search_results", "model_metrics", "photo_flags", "text_flags", "quarantine", "ingest_ledger"]
+HISTORY = ["search_results", "withheld_results", "model_metrics", "photo_flags", "text_flags", "quarantine", "ingest_ledger"]
 # Values that legitimately differ between two runs of the same inputs.
 VOLATILE = {"run_id"}
 
@@ -474,9 +474,20 @@ def test_good_rows_give_the_clean_results(corrupted, clean):
     assert changed["image"].to_list() == ["5010_test.jpg"]
     assert_same(ta["gallery"].drop("sha256", "bytes", strict=False),
                 tb["gallery"].drop("sha256", "bytes", strict=False), "gallery")
-    ref = results(a, clean.run_id)
+    ref, got = results(a, clean.run_id), results(b, corrupted.run_id)
     assert ref.filter(pl.col("query_id") == DAMAGED_QUERY).height > 0
-    assert_same(ref.filter(pl.col("query_id") != DAMAGED_QUERY), results(b, corrupted.run_id), "search_results")
+    assert got.filter(pl.col("query_id") == DAMAGED_QUERY).height == 0
+    # The damaged query is also one of its photo's descriptions, so only that photo's
+    # description channel changes: every query that ranks it in neither run has the same
+    # rows, and the relevance model's own score of every pair shown in both is the same.
+    photo = DAMAGED_QUERY.split("#")[0]
+    touched = set(ref.filter(pl.col("image") == photo)["query_id"]) | set(got.filter(pl.col("image") == photo)["query_id"])
+    keep = ~pl.col("query_id").is_in([DAMAGED_QUERY, *touched])
+    assert_same(ref.filter(keep), got.filter(keep), "search_results")
+    both = ref.join(got, on=["query_id", "image"], suffix="_b").filter(pl.col("query_id") != DAMAGED_QUERY)
+    assert both.height > 0
+    assert_frame_equal(both.select(pl.col("model_score")), both.select(pl.col("model_score_b").alias("model_score")),
+                       check_exact=False, rel_tol=1e-5, abs_tol=1e-6)
     # Out-of-fold agreement comes from training data alone; test-query metrics lose a query.
     oof = "SELECT * FROM model_metrics WHERE run_id = ? AND protocol LIKE 'oof%'"
     assert_same(sorted_frame(query(a, oof, [clean.run_id])), sorted_frame(query(b, oof, [corrupted.run_id])),

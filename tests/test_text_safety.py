@@ -184,17 +184,18 @@ def test_flag_texts_audit_rows_carry_normalized_form_and_reason():
 
 
 def test_nightly_table_gives_refused_query_one_row_with_its_reason():
-    from tasks.rank import build_results
+    from tasks.rank import Ranked, build_results
 
-    idx = np.array([[0, 1], [1, 0], [0, 1]])
-    top = np.ones((3, 2), np.float32)
-    frame = build_results("r1", ["q1", "q2", "q3"], ["   ", "a boy", "a dog"], [True, True, False],
-                          ["a.jpg", "b.jpg"], np.array([False, False]), idx, top,
-                          ["empty query: type a scene to search for", None, None])
+    rows = np.array([0, 1])
+    ranked = {2: Ranked(rows, np.array([0.9, 0.8]), np.array([0.7, 0.6]), np.array([np.nan, np.nan]),
+                        np.array(["model (no descriptions)"] * 2, dtype=object))}
+    frame, withheld = build_results("r1", ["q1", "q2", "q3"], ["   ", "a boy", "a dog"], [True, True, False],
+                                    ["a.jpg", "b.jpg"], np.array([False, False]), ["", ""], ranked, 2,
+                                    ["empty query: type a scene to search for", None, None])
     blank = frame.filter(frame["query_id"] == "q1")
     assert blank.height == 1 and blank["image"][0] is None and "empty" in blank["display"][0]
     assert frame.filter(frame["query_id"] == "q2")["blocked_reason"][0] == "query describes a child"
-    assert frame.filter(frame["query_id"] == "q3").height == 2
+    assert frame.filter(frame["query_id"] == "q3").height == 2 and withheld.height == 0
 
 
 def test_cli_and_flow_refuse_blank_queries_without_a_warehouse(tmp_path, capsys):

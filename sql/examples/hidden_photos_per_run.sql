@@ -1,7 +1,14 @@
--- Per run: how much the law hid.  Restricted gallery photos, result rows showing the
--- disclaimer instead of a photo, blocked queries, and the share of ranked rows hidden.
+-- Per run: how much the law withheld.  Restricted gallery photos, blocked queries, and the
+-- photos withheld from allowed queries' results (withheld_results: a restricted photo that
+-- would have ranked above the last shown photo), with the share of queries that lost one.
 with results as (
     select * from search_results
+),
+
+withheld as (
+    select run_id, count(*) as withheld_photo_rows, count(distinct query_id) as queries_with_withheld
+    from withheld_results
+    group by run_id
 ),
 
 photos as (
@@ -15,8 +22,7 @@ per_run as (
         run_id,
         count(distinct query_id)                                        as queries,
         count(distinct query_id) filter (where rank is null)            as queries_blocked,
-        count(*) filter (where rank is not null)                        as ranked_rows,
-        count(*) filter (where rank is not null and not shown)          as hidden_photo_rows
+        count(*) filter (where rank is not null)                        as shown_rows
     from results
     group by run_id
 ),
@@ -29,11 +35,14 @@ final as (
         photos.photos_restricted,
         per_run.queries,
         per_run.queries_blocked,
-        per_run.hidden_photo_rows,
-        round(per_run.hidden_photo_rows / nullif(per_run.ranked_rows, 0), 3)   as share_of_rows_hidden
+        per_run.shown_rows,
+        coalesce(withheld.withheld_photo_rows, 0)                        as withheld_photo_rows,
+        round(coalesce(withheld.queries_with_withheld, 0)
+              / nullif(per_run.queries - per_run.queries_blocked, 0), 3) as share_of_allowed_queries_with_withheld
     from per_run
     join runs using (run_id)
     left join photos using (run_id)
+    left join withheld using (run_id)
 )
 
 select * from final
