@@ -201,10 +201,12 @@ def test_nightly_table_gives_refused_query_one_row_with_its_reason():
 def test_cli_and_flow_refuse_blank_queries_without_a_warehouse(tmp_path, capsys):
     from flows.search import main, run_search
 
+    from flows.search import OUTPUT_KEYS
+
     rows = run_search(["   "], tmp_path / "no-warehouse")
-    assert rows == [{"query": "   ", "rank": None, "image": None, "score": None, "shown": False,
-                     "disclaimer": None, "display": "empty query: type a scene to search for",
-                     "refused": "blank_query"}]
+    assert len(rows) == 1 and set(rows[0]) == {"query", "refused", *OUTPUT_KEYS}
+    assert {k: v for k, v in rows[0].items() if v is not None} == {
+        "query": "   ", "shown": False, "display": "empty query: type a scene to search for", "refused": "blank_query"}
     with pytest.raises(SystemExit):
         main(["   "])
     assert "empty query" in capsys.readouterr().err
