@@ -10,7 +10,9 @@ One readable file, nanoGPT style.  Two backends compute the same function:
   adds static post-training quantisation (QDQ, per-channel int8 weights, uint8 activations,
   min/max ranges; stem, head conv and classifier kept fp32), calibrated once on a few photos
   and cached: the features stay within ``INT8_TOLERANCE`` of fp32 (cosine mean >= 0.99) and
-  the pipeline's relevance and guard metrics did not move beyond noise.
+  the pipeline's relevance and guard metrics did not move beyond noise -- on CPUs with VNNI.
+  Without it ONNX Runtime's fused int8 kernels deviate and are no faster, so the pipeline
+  runs fp32 there (``default_precision``).
 
 Throughput comes from data parallelism, not intra-op parallelism: ``workers`` threads (one
 per core) each decode a whole batch and run it through a single-threaded forward on the
@@ -294,6 +296,39 @@ CALIBRATION_BATCH = 4
 # 0.993, min 0.920, max|diff| 1.9; ImageNet top-1 agreement 0.915 / 0.904.  (max_features has no
 # |diff| bound: one channel's maximum can jump by up to the ReLU6 ceiling.)
 INT8_TOLERANCE = {"cos_mean": 0.99, "cos_min": 0.90, "features_max_abs": 2.0}
+
+
+# Where int8 pays.  ONNX Runtime's fused int8 kernels are exact only on CPUs with VNNI
+# (AVX512-VNNI, AVX-VNNI, AMX): there the features above were measured.  On an AVX2-only
+# CPU (an AMD EPYC Zen 3 VM, 2026-11-30, onnxruntime 1.30 and 1.32 alike) the same int8 models
+# gave feature cosine to fp32 0.950 (min 0.80) for lite0@448 and 0.980 (min 0.92) for
+# lite2@260 on 220 of the photos, against 0.994 / 0.996 for the same models evaluated op by
+# op (ORT_DISABLE_ALL): the quantisation is fine, the fused kernels are not; they were also
+# no faster than fp32 there (lite0@448 14.1 vs 15.4 photos/s per core, lite2@260 32.2 vs
+# 32.6).  So the pipeline runs int8 only where VNNI is present, fp32 elsewhere
+# (``default_precision``); WITH_SENSE_PRECISION=fp32|int8 overrides.
+_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
+    """True if the CPU advertises an int8 dot-product unit ONNX Runtime uses (x86 VNNI/AMX)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return any(f in flags for f in _VNNI_FLAGS)
+
+
+def default_precision() -> str:
+    """The pipeline's precision for its image views on this machine: 'int8' with VNNI, else 'fp32'."""
+    forced = os.environ.get("WITH_SENSE_PRECISION", "").strip()
+    if forced:
+        if forced not in ("fp32", "int8"):
+            raise ValueError(f"WITH_SENSE_PRECISION={forced!r}: expected fp32 or int8")
+        return forced
+    return "int8" if cpu_has_vnni() else "fp32"
 
 
 def _int8_excluded(model, keep_fp32: Sequence[str]) -> list[str]:

@@ -112,7 +112,7 @@ from prefect import get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from models.image_encoder import (CALIBRATION_PHOTOS, ImageEncoder, ImageEncoderConfig,  # noqa: E402
-                                  ImageLike, encode_views)
+                                  ImageLike, default_precision, encode_views)
 from tasks.warehouse import connect  # noqa: E402
 
 
@@ -146,8 +146,9 @@ class EmbeddedTexts:
 # Spearman and crowd tau-b by -0.0003 each and test R@1 / R@5 / R@10 / MRR by -0.008 / +0.010
 # / +0.004 / -0.002: inside the bar for the default (0.005 out of fold, 0.01 on test), R@1 and
 # R@5 near its edge; another calibration sample gave +0.002 / -0.002 / +0.006 / +0.002, so
-# the test differences are calibration noise of a few queries.  fp32: precision="fp32".
-RELEVANCE_VIEW = ImageEncoderConfig(variant="lite2", precision="int8")  # 260 px: mean-pooled features + logits
+# the test differences are calibration noise of a few queries.  int8 only on CPUs whose int8
+# kernels are exact (VNNI); fp32 elsewhere (models/image_encoder.py: default_precision).
+RELEVANCE_VIEW = ImageEncoderConfig(variant="lite2", precision=default_precision())  # 260 px: mean-pooled features + logits
 
 
 def unique_contents(paths: Sequence[ImageLike], shas: Sequence[str]) -> dict[str, ImageLike]:

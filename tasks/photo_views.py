@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from models.image_encoder import ImageEncoder, ImageEncoderConfig, ImageLike, encode_views
+from models.image_encoder import ImageEncoder, ImageEncoderConfig, ImageLike, default_precision, encode_views
 from tasks.embed import calibration_sample, embed_with_cache, encoder_dir
 
 # int8, like the relevance view: in a cold reindex of the 1100 photos (both views int8) the
 # guard's out-of-fold AUC moved 0.9016 -> 0.9001 and its test recall 0.955 -> 0.977 (bar: AUC
-# within 0.005, recall not lower).
-GUARD_VIEW = ImageEncoderConfig(variant="lite0", image_size=448, max_pool=True, precision="int8")
+# within 0.005, recall not lower).  int8 only where the CPU has VNNI (default_precision).
+GUARD_VIEW = ImageEncoderConfig(variant="lite0", image_size=448, max_pool=True, precision=default_precision())
 OUTPUTS = GUARD_VIEW.outputs  # ('features', 'max_features', 'logits')
 
 

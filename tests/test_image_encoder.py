@@ -18,6 +18,8 @@ from models.image_encoder import (
     NUM_CLASSES,
     ImageEncoder,
     ImageEncoderConfig,
+    cpu_has_vnni,
+    default_precision,
     encode_views,
     load,
     load_views,
@@ -88,6 +90,18 @@ def _encode_all(enc: ImageEncoder, images, batch_size=None) -> tuple[np.ndarray,
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def _reference_run(enc: ImageEncoder, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """The int8 model evaluated op by op (no graph optimisation, so no fused int8 kernels):
+    what the quantised model means, independent of the CPU's int8 instructions."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(enc.onnx_path), so, providers=["CPUExecutionProvider"])
+    return dict(zip(enc.outputs, sess.run(list(enc.outputs), {"pixels": pixels})))
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -271,8 +285,13 @@ def test_int8_lite0_smoke(tmp_path, images):
     fq, lq = _encode_all(enc, images[:4])
     ff, _ = _encode_all(fp32, images[:4])
     assert fq.shape == (4, FEATURE_DIM) and lq.shape == (4, NUM_CLASSES) and fq.dtype == np.float32
-    # synthetic calibration is a poor stand-in; with ~100 real photos the mean is ~0.994
-    assert _cos(fq, ff).mean() > 0.8
+    # synthetic calibration is a poor stand-in; with ~100 real photos the mean is ~0.994.  The
+    # quantised model itself (op by op) is checked everywhere; the fused int8 kernels only on
+    # CPUs where the pipeline uses them (VNNI, see default_precision).
+    ref = _reference_run(enc, np.stack([load(i, enc.size) for i in images[:4]]))["features"]
+    assert _cos(ref, ff).mean() > 0.8
+    if cpu_has_vnni():
+        assert _cos(fq, ff).mean() > 0.8
 
 
 def _scene(seed: int, w: int = 200, h: int = 150) -> Image.Image:
@@ -303,11 +322,35 @@ def test_int8_within_tolerance_of_the_torch_reference(tmp_path, view):
     ref = ImageEncoder(replace(view, backend="torch", precision="fp32"), tmp_path)
     torch.set_num_threads(threads)
     pixels = np.stack([load(s, enc.size) for s in scenes[8:]])
-    got, want = enc.run(pixels), ref.run(pixels)
-    for o in enc.outputs:
-        cos = _cos(got[o], want[o])
-        assert cos.mean() >= INT8_TOLERANCE["cos_mean"] and cos.min() >= INT8_TOLERANCE["cos_min"], (o, cos)
-    assert np.abs(got["features"] - want["features"]).max() <= INT8_TOLERANCE["features_max_abs"]
+    want = ref.run(pixels)
+    # The quantised model (op by op) everywhere; the fused int8 kernels where the pipeline runs
+    # int8 (CPUs with VNNI).  Elsewhere those kernels deviate (cosine ~0.95 measured on an
+    # AVX2-only Zen 3, onnxruntime 1.30 and 1.32 alike) and the pipeline runs fp32 instead.
+    runs = {"reference": _reference_run(enc, pixels)}
+    if cpu_has_vnni():
+        runs["fused"] = enc.run(pixels)
+    else:
+        assert default_precision() == "fp32" or os.environ.get("WITH_SENSE_PRECISION") == "int8"
+    for how, got in runs.items():
+        for o in enc.outputs:
+            cos = _cos(got[o], want[o])
+            assert cos.mean() >= INT8_TOLERANCE["cos_mean"] and cos.min() >= INT8_TOLERANCE["cos_min"], (how, o, cos)
+        assert np.abs(got["features"] - want["features"]).max() <= INT8_TOLERANCE["features_max_abs"], how
+
+
+def test_default_precision_follows_the_cpu(monkeypatch):
+    """int8 only where the CPU has an int8 dot-product unit; fp32 elsewhere; the env overrides."""
+    assert cpu_has_vnni("flags\t\t: fpu sse4_2 avx2 avx512f avx512_vnni\n")
+    assert cpu_has_vnni("flags\t\t: fpu avx2 avx_vnni\n")
+    assert not cpu_has_vnni("flags\t\t: fpu sse4_2 avx avx2 fma\n")
+    assert not cpu_has_vnni("processor : 0\n")  # no flags line (e.g. not x86): fp32
+    monkeypatch.delenv("WITH_SENSE_PRECISION", raising=False)
+    assert default_precision() == ("int8" if cpu_has_vnni() else "fp32")
+    monkeypatch.setenv("WITH_SENSE_PRECISION", "int8")
+    assert default_precision() == "int8"
+    monkeypatch.setenv("WITH_SENSE_PRECISION", "bf16")
+    with pytest.raises(ValueError):
+        default_precision()
 
 
 def test_int8_calibrated_once_and_reused(tmp_path, images):
