@@ -206,7 +206,8 @@ def run_pipeline(paths, cache_dir, repeats, max_wait, precision: str = "") -> di
 
     import models  # noqa: F401
     from models.image_encoder import encode_views, photo_hash
-    from tasks.embed import calibration_sample, embed_photos, encoder_dir, load_cached, photo_encoders
+    from tasks.embed import embed_photos, photo_encoders
+    from tasks.embedding_cache import calibration_sample, encoder_dir, load_cached
 
     shas = [photo_hash(p) for p in paths]  # ingest hashes the files; not part of embedding
     if precision:

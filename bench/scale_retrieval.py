@@ -54,7 +54,7 @@ def load_sources(warehouse: Path, seed: int = 0):
     """(base photo features [B, 1280], query pool [T, 384], fitted model, description)."""
     import polars as pl
 
-    from tasks.embed import encoder_dir
+    from tasks.embedding_cache import encoder_dir
     from tasks.train import load_model
 
     cards = sorted(warehouse.glob("models/*/card.json"), key=lambda p: p.stat().st_mtime)
@@ -179,7 +179,7 @@ def real_gallery(args) -> dict:
     db = Path(args.warehouse) / "with_sense.duckdb"
     if "real" not in source or not db.exists():
         return {}
-    from tasks.embed import encoder_dir, load_cached, text_sha
+    from tasks.embedding_cache import encoder_dir, load_cached, text_sha
 
     with duckdb.connect(str(db), read_only=True) as con:
         texts = [t for (t,) in con.execute("SELECT query_text FROM stg_test_queries ORDER BY query_id").fetchall()]

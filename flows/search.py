@@ -32,7 +32,7 @@ from pydantic import Field
 from tasks.compliance_text import QueryVerdict, check_query
 from tasks.config import DISCLAIMER, OptionalPath, resolve_warehouse_dir
 from tasks.descriptions import description_scores, gallery_descriptions
-from tasks.embed import encoder_dir, load_cached, text_sha
+from tasks.embedding_cache import encoder_dir, load_cached, text_sha
 from tasks.rank import WITHHELD_NOTE, build_results, order_candidates, photo_verdicts
 from tasks.train import load_model
 from tasks.warehouse import Warehouse, atomic_write_parquet, connect

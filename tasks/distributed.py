@@ -39,7 +39,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from tasks.embed import cached_keys
+from tasks.embedding_cache import cached_keys
 
 RUNNERS = ("local", "dask")
 SCHEDULERS_ENV = "WITH_SENSE_DASK_SCHEDULERS"
@@ -186,7 +186,8 @@ def fill_image_cache(tr: TaskRunner, db: Path, data_dir: Path, emb_root: Path, o
     Runs in the flow before ``embed_images_task`` and ``photo_guard_task``, which then find
     every photo cached.
     """
-    from tasks.embed import calibration_sample, encoder_dir, photo_encoders
+    from tasks.embed import photo_encoders
+    from tasks.embedding_cache import calibration_sample, encoder_dir
     from tasks.warehouse import connect
 
     with connect(db) as con:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from models.image_encoder import ImageEncoder, ImageEncoderConfig, ImageLike, default_precision, encode_views
-from tasks.embed import calibration_sample, embed_with_cache, encoder_dir
+from tasks.embedding_cache import calibration_sample, embed_with_cache, encoder_dir
 
 # int8, like the relevance view: in a cold reindex of the 1100 photos (both views int8) the
 # guard's out-of-fold AUC moved 0.9016 -> 0.9001 and its test recall 0.955 -> 0.977 (bar: AUC
