@@ -188,12 +188,11 @@ def test_lock_refuses_a_second_holder_and_reenters_for_the_first(tmp_path):
                 pass
         # --wait: the second run starts as soon as the first lets go.
         threading.Timer(1.0, release.set).start()
-        t0 = time.monotonic()
         with reindex_lock(wh, wait_seconds=60):
-            waited = time.monotonic() - t0
+            # Behaviour, not timing: it got the lock only once the holder let go.
+            assert release.is_set()
             with reindex_lock(wh):  # the CLI holds it and the flow takes it again
                 pass
-        assert 0.5 < waited < 30
     finally:
         release.set()
         t.join()
