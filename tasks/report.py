@@ -318,9 +318,9 @@ def _metrics_table(metrics: pl.DataFrame, chosen: str) -> str:
     guard = metrics.filter(pl.col("component") == "photo_guard")
     if guard.height:
         lines.append('<h3 style="font-size:15px;margin:14px 0 6px">Photo guard (shows a child?)</h3>'
-                     "<table><tr><th>protocol</th><th>metric</th><th>value</th></tr>")
-        for r in guard.sort("protocol", "metric").iter_rows(named=True):
-            lines.append(f"<tr><td>{_esc(r['protocol'])}</td><td>{_esc(r['metric'])}</td>"
+                     "<table><tr><th>signals</th><th>protocol</th><th>metric</th><th>value</th></tr>")
+        for r in guard.sort("head", "protocol", "metric").iter_rows(named=True):
+            lines.append(f"<tr><td>{_esc(r['head'])}</td><td>{_esc(r['protocol'])}</td><td>{_esc(r['metric'])}</td>"
                          f"<td>{r['value']:.4f}</td></tr>")
         lines.append("</table>")
     return "\n".join(lines)
