@@ -20,7 +20,7 @@ import polars as pl
 # are unchanged loads the saved guard and needs neither to start.
 from tasks.compliance_text import check_query, classify_many, lexicon_version
 from tasks.config import SEED
-from tasks.evaluate import precision_recall_at, roc_auc
+from tasks.evaluate import precision_recall_at
 
 LEGAL_RECALL_FLOOR = 0.95
 
@@ -81,6 +81,7 @@ class PhotoGuard:
     fingerprint: str = ""   # guard_fingerprint of what it was fitted on
     reused: bool = False    # this run loaded it instead of fitting it
     fitted_in: str = ""     # run_id of the run that fitted it
+    oof: np.ndarray | None = None  # out-of-fold score of each train photo (None when loaded)
 
     def score(self, x: np.ndarray) -> np.ndarray:
         return self.classifier.predict(x)
@@ -129,18 +130,49 @@ def conservative_threshold(score: np.ndarray, label: np.ndarray, recall: float =
     return float(pos[missed])
 
 
-def stratified_folds(label: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Fold of each row; each class spread evenly over the folds."""
-    label = np.asarray(label).astype(bool)
-    rng = np.random.default_rng(seed)
+def cv_splits(label: np.ndarray, k: int, repeats: int, seed: int,
+              groups: np.ndarray | None = None) -> list[np.ndarray]:
+    """Held-out masks of ``repeats`` x ``k``-fold cross-validation (scikit-learn), each class
+    spread evenly over the folds; rows of one group (a photo content hash: the same picture
+    under two names) stay in one fold."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    label = np.asarray(label).astype(int)
+    groups = np.arange(len(label)) if groups is None else np.asarray(groups)
+    masks = []
+    for r in range(repeats):
+        for _, va in StratifiedGroupKFold(k, shuffle=True, random_state=seed + r).split(label, label, groups):
+            m = np.zeros(len(label), dtype=bool)
+            m[va] = True
+            masks.append(m)
+    return masks
+
+
+def stratified_folds(label: np.ndarray, k: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Fold of each row (one repeat of ``cv_splits``)."""
     fold = np.empty(len(label), dtype=np.int64)
-    offset = 0
-    for cls in (True, False):
-        idx = np.flatnonzero(label == cls)
-        rng.shuffle(idx)
-        fold[idx] = (np.arange(len(idx)) + offset) % k
-        offset += len(idx)
+    for f, m in enumerate(cv_splits(label, k, 1, seed, groups)):
+        fold[m] = f
     return fold
+
+
+def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
+    """ROC AUC (scikit-learn); NaN when it is undefined (one class, or NaN scores)."""
+    from sklearn.metrics import roc_auc_score
+
+    label = np.asarray(label).astype(bool)
+    score = np.asarray(score, dtype=np.float64)
+    if label.all() or (~label).all() or np.isnan(score).any():
+        return float("nan")
+    return float(roc_auc_score(label, score))
+
+
+def cv_folds(label: np.ndarray, folds: int) -> int:
+    """Folds actually used: no more than either class has members (at least 2)."""
+    label = np.asarray(label).astype(bool)
+    if 0 < label.sum() < len(label):
+        return max(2, min(folds, int(label.sum()), int((~label).sum())))
+    return folds
 
 
 def _fit(x: np.ndarray, y: np.ndarray, config: ChildPhotoConfig) -> ChildPhotoClassifier:
@@ -156,25 +188,30 @@ def _fit(x: np.ndarray, y: np.ndarray, config: ChildPhotoConfig) -> ChildPhotoCl
 def train_photo_guard(x: np.ndarray, label: np.ndarray, folds: int = CV_FOLDS, repeats: int = CV_REPEATS,
                       seed: int = SEED, recall: float = LEGAL_RECALL_FLOOR,
                       confidence: float = THRESHOLD_CONFIDENCE,
-                      config: ChildPhotoConfig | None = None) -> PhotoGuard:
+                      config: ChildPhotoConfig | None = None, groups: np.ndarray | None = None) -> PhotoGuard:
     """Fit on all train photos; pick the threshold out of fold (``repeats`` x ``folds``-fold CV).
 
-    ``x`` are ``photo_inputs`` rows of the train photos, ``label`` whether each shows a child.
-    The test photos never enter: neither the fit nor the threshold sees them.
+    ``x`` are ``photo_inputs`` rows of the train photos, ``label`` whether each shows a child,
+    ``groups`` their content hashes (identical photos share a fold).  The test photos never
+    enter: neither the fit nor the threshold sees them.  ``guard.oof`` keeps each train
+    photo's out-of-fold score (mean over repeats): the combiner learns from those.
     """
     from models.child_photo import ChildPhotoClassifier, ChildPhotoConfig
 
     config = config or ChildPhotoConfig()
     label = np.asarray(label).astype(np.float32)
-    k = max(2, min(folds, int(label.sum()), int((1 - label).sum()))) if 0 < label.sum() < len(label) else folds
+    k = cv_folds(label, folds)
     oof = np.zeros(len(x), dtype=np.float64)
-    held_out = [stratified_folds(label, k, seed + r) == f for r in range(repeats) for f in range(k)]
     if label.min() == label.max():
+        held_out = [np.arange(len(x)) % k == f for f in range(k)]  # no classes to stratify
         fits = [_fit(x[~va], label[~va], config) for va in held_out]
+        repeats_done = 1
     else:  # two fits at a time on the two cores; identical to fitting one after the other
+        held_out = cv_splits(label, k, repeats, seed, groups)
         fits = ChildPhotoClassifier.fit_many(x, label, [~va for va in held_out], config)
+        repeats_done = repeats
     for va, clf in zip(held_out, fits):
-        oof[va] += clf.predict(x[va]) / repeats
+        oof[va] += clf.predict(x[va]) / repeats_done
     if label.min() == label.max():
         threshold = 0.0  # no contrast to learn from: restrict every photo (fail closed)
     else:
@@ -184,18 +221,19 @@ def train_photo_guard(x: np.ndarray, label: np.ndarray, folds: int = CV_FOLDS, r
           **{f"oof_{k_}": v for k_, v in precision_recall_at(oof, label, threshold).items()},
           "oof_recall_lower_bound": recall_lower_bound(int(label.sum()), missed, confidence),
           "recall_floor": recall, "confidence": confidence, "folds": float(k), "repeats": float(repeats)}
-    return PhotoGuard(_fit(x, label, config), threshold, cv)
+    guard = PhotoGuard(_fit(x, label, config), threshold, cv)
+    guard.oof = oof
+    return guard
 
 
 # Bump when what a saved guard means changes, so older fits are never reused.
-GUARD_FORMAT = 2
+# 3: image classifier + face gate + signal combiner in one file; sklearn folds grouped by content.
+GUARD_FORMAT = 3
 
 
 def guard_fingerprint(x: np.ndarray, label: np.ndarray, view: str) -> str:
-    """Hash of everything a fit depends on: the inputs, the labels, the view names and settings.
-
-    Equal fingerprints give the same guard (the fit is deterministic), so it is reused.
-    """
+    """Hash of everything the image classifier's fit depends on: the inputs, the labels, the
+    view names and settings.  Equal fingerprints give the same fit (it is deterministic)."""
     from dataclasses import asdict
 
     from models.child_photo import ChildPhotoConfig
@@ -209,31 +247,99 @@ def guard_fingerprint(x: np.ndarray, label: np.ndarray, view: str) -> str:
     return h.hexdigest()[:16]
 
 
-def guard_bytes(guard: PhotoGuard, run_id: str, fingerprint: str) -> bytes:
-    """The guard as safetensors (the bias is kept in float64, so a reused guard scores bit for
-    bit like the fit it came from)."""
+def guard_bytes(model, run_id: str, fingerprint: str) -> bytes:
+    """The fitted photo guard (``tasks.photo_guard.GuardModel``) as safetensors, float64 where it
+    matters, so a reused guard decides bit for bit like the fit it came from."""
     from safetensors.numpy import save
 
-    return save({k: np.ascontiguousarray(v) for k, v in guard.state_dict().items()},
-                metadata={"run_id": run_id, "inputs": guard.view, "threshold": repr(guard.threshold),
-                          "fingerprint": fingerprint, "cv": json.dumps(guard.cv)})
+    return save({k: np.ascontiguousarray(v) for k, v in model.state_dict().items()},
+                metadata={"run_id": run_id, "inputs": model.image.view, "threshold": repr(model.threshold),
+                          "fingerprint": fingerprint, "cv": json.dumps(model.cv),
+                          "image_cv": json.dumps(model.image.cv)})
 
 
-def load_guard(path: Path) -> PhotoGuard | None:
-    """A guard saved by ``guard_bytes``, or None if the file is missing or unreadable."""
+def load_guard(path: Path, config=None):
+    """A guard saved by ``guard_bytes``, or None if the file is missing, unreadable or older."""
     from safetensors import safe_open
     from safetensors.numpy import load_file
+
+    from tasks.photo_guard import GuardConfig, GuardModel
 
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), "np") as f:
             meta = f.metadata() or {}
-        guard = PhotoGuard.from_state_dict(tensors, meta.get("inputs", ""))
-        guard.cv = {k: float(v) for k, v in json.loads(meta["cv"]).items()}
-        guard.fitted_in = meta["run_id"]
+        model = GuardModel.from_state_dict(tensors, config or GuardConfig())
+        model.image.view = meta.get("inputs", "")
+        model.cv = {k: float(v) for k, v in json.loads(meta["cv"]).items()}
+        model.image.cv = {k: float(v) for k, v in json.loads(meta["image_cv"]).items()}
+        model.fitted_in = meta["run_id"]
     except Exception:  # noqa: BLE001  (an unreadable or older file is refitted, never fatal)
         return None
-    return guard
+    return model
+
+
+def caption_label_figures(restricted: np.ndarray, label: np.ndarray, score: np.ndarray | None = None
+                          ) -> dict[str, float]:
+    """Recall, share of clean photos withheld, precision and counts of a verdict against labels."""
+    r, y = np.asarray(restricted).astype(bool), np.asarray(label).astype(bool)
+    out = {"recall": float(r[y].mean()) if y.any() else float("nan"),
+           "clean_withheld": float(r[~y].mean()) if (~y).any() else float("nan"),
+           "precision": float((r & y).sum() / max(r.sum(), 1)), "flagged": float(r.sum()),
+           "positives": float(y.sum()), "n": float(len(y))}
+    if score is not None:
+        out["roc_auc"] = roc_auc(score, y)
+    return out
+
+
+def policy_oof_figures(model, desc_flagged: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    """The shipped policy (descriptions, then image and faces) on the train photos, out of fold:
+    a train photo's own description flag with its out-of-fold image+face verdict.  Caption
+    labels: the descriptions are part of how those labels were made, so their recall here is
+    an upper bound (docs/compliance.md: the visual labels are the honest check)."""
+    caught = np.asarray(desc_flagged).astype(bool) | (model.oof["combined"] >= model.threshold)
+    return {f"policy_{k}": v for k, v in caption_label_figures(caught, label).items()}
+
+
+def guard_metrics(model, verdicts: pl.DataFrame) -> list[dict]:
+    """model_metrics rows of the photo guard: out of fold on the train photos (caption labels) for
+    the image classifier ('image'), image + faces ('image_face', a photo without descriptions)
+    and the shipped policy ('guard'); on the gallery against labels from its own descriptions;
+    and how many gallery photos each signal decided."""
+    rows = [{"head": "image", "protocol": "oof_train_photos", "metric": k, "value": float(v)}
+            for k, v in model.image.cv.items()]
+    rows += [{"head": "image_face", "protocol": "oof_train_photos", "metric": k, "value": float(v)}
+             for k, v in model.cv.items() if not k.startswith("policy_")]
+    rows += [{"head": "guard", "protocol": "oof_train_photos", "metric": k.removeprefix("policy_"), "value": float(v)}
+             for k, v in model.cv.items() if k.startswith("policy_")]
+    rows += [{"head": "guard", "protocol": "oof_train_photos", "metric": "threshold", "value": model.threshold}]
+    described = verdicts.filter(pl.col("n_descriptions") > 0)
+    if described.height:
+        y = (described["descriptions_flagged"] > 0).to_numpy()
+        img = described["image_score"].fill_null(np.nan).to_numpy()
+        without = described.with_columns(pl.lit(0).alias("descriptions_flagged"))
+        from tasks.photo_guard import decide
+
+        no_desc = decide(without, model)
+        for head, restricted, score in [
+                ("image", ~(img < model.image_threshold), img),
+                ("image_face", no_desc["restricted"].to_numpy(), None),
+                ("guard", described["restricted"].to_numpy(), None)]:
+            rows += [{"head": head, "protocol": "test_photos_caption_labels", "metric": k, "value": float(v)}
+                     for k, v in caption_label_figures(restricted, y, score).items()]
+    for signal in ("description", "missing_signal", "image_classifier", "face_age"):
+        mine = verdicts.filter(pl.col("deciding_signal") == signal)
+        rows += [{"head": "guard", "protocol": "gallery_decisions", "metric": f"restricted_by_{signal}",
+                  "value": float(mine["restricted"].sum())},
+                 {"head": "guard", "protocol": "gallery_decisions", "metric": f"allowed_by_{signal}",
+                  "value": float((~mine["restricted"]).sum())}]
+    rows += [{"head": "guard", "protocol": "gallery_decisions", "metric": "faces_checked",
+              "value": float(verdicts["face_checked"].sum())},
+             {"head": "guard", "protocol": "gallery_decisions", "metric": "restricted",
+              "value": float(verdicts["restricted"].sum())},
+             {"head": "guard", "protocol": "gallery_decisions", "metric": "photos", "value": float(verdicts.height)}]
+    # A figure that is undefined here (one class only, e.g. on tiny data) is left out, not stored as NaN.
+    return [r for r in rows if np.isfinite(r["value"])]
 
 
 # ---------------------------------------------------------------- Prefect tasks
@@ -266,20 +372,38 @@ def flag_texts_task(db: Path, run_id: str) -> dict[str, int]:
     return counts
 
 
-@task(name="photo-guard", cache_policy=NO_CACHE)
-def photo_guard_task(db: Path, run_id: str, images, data_dir: Path, emb_root: Path, models_dir: Path) -> PhotoGuard:
-    """Learn 'shows a child' on train photos, flag every gallery photo, audit both.
+# The photo's own descriptions: every text whose id `<image>#<n>` names it, with this run's verdict.
+DESCRIPTIONS_SQL = """
+    SELECT split_part(f.text_id, '#', 1) AS image, f.text_id, f.flagged, f.rule
+    FROM text_flags f
+    WHERE f.run_id = ? AND f.text_kind = ? AND f.text_id LIKE '%#%'
+"""
 
-    Inputs per photo: the relevance tower's 260 px Lite2 view (``images``) and the guard's
-    own 448 px Lite0 view (``tasks/photo_views.py``, cached under ``emb_root``).  A fit is
+PHOTO_FLAG_COLUMNS = ["run_id", "image", "score", "threshold", "restricted", "deciding_signal", "image_score",
+                      "image_threshold", "face_gate", "face_checked", "n_faces", "youngest_age",
+                      "youngest_age_confidence", "faces_under_16", "n_descriptions", "descriptions_flagged",
+                      "description_id", "description_rule"]
+
+
+@task(name="photo-guard", cache_policy=NO_CACHE)
+def photo_guard_task(db: Path, run_id: str, images, data_dir: Path, emb_root: Path, models_dir: Path):
+    """Judge every gallery photo on every signal; audit each verdict and the signal that decided.
+
+    Fits (or reuses) the guard on the train photos (``tasks/photo_guard.py``: image classifier,
+    face gate, combiner, thresholds), then for each gallery photo: its own descriptions'
+    verdicts (``text_flags``), the image score, the faces (only above the gate; cached per
+    content hash under ``emb_root/faces``) and the decision, into ``photo_flags``.  A fit is
     kept as ``models_dir/photo_guard/fit-<fingerprint>.safetensors`` and reused while its
     inputs, labels and settings are unchanged; each run's guard is also saved as
-    ``models_dir/photo_guard/<run_id>.safetensors``.  The gallery is scored every run.
+    ``models_dir/photo_guard/<run_id>.safetensors``.  The gallery is judged every run.
     """
     from models.child_photo import photo_inputs, view_block
+    from tasks import photo_guard as pg
     from tasks.photo_views import compute_views
     from tasks.warehouse import atomic_write_bytes
 
+    log = get_run_logger()
+    config = pg.GuardConfig()
     with connect(db) as con:
         train = con.execute("""
             SELECT p.image, p.path, p.sha256, r.image IS NOT NULL AS child
@@ -288,12 +412,8 @@ def photo_guard_task(db: Path, run_id: str, images, data_dir: Path, emb_root: Pa
         gallery = con.execute("""
             SELECT g.image, p.path, p.sha256 FROM gallery g JOIN stg_photos p ON p.split = 'test' AND p.image = g.image
             ORDER BY g.image""").pl()
-        # Test photos' labels come from their own five captions: reporting only, never fitting.
-        test_labels = con.execute("""
-            SELECT q.written_for_image AS image, bool_or(f.flagged) AS child
-            FROM stg_test_queries q JOIN text_flags f
-              ON f.run_id = ? AND f.text_kind = 'query' AND f.text_id = q.query_id
-            GROUP BY 1""", [run_id]).pl()
+        gallery_desc = con.execute(DESCRIPTIONS_SQL, [run_id, "query"]).pl()
+        train_desc = con.execute(DESCRIPTIONS_SQL, [run_id, "caption"]).pl()
     both = pl.concat([train.select("path", "sha256"), gallery.select("path", "sha256")])
     views, view_name, n_computed = compute_views([Path(data_dir) / p for p in both["path"]], both["sha256"].to_list(),
                                                  emb_root, Path(models_dir) / "onnx")
@@ -306,44 +426,83 @@ def photo_guard_task(db: Path, run_id: str, images, data_dir: Path, emb_root: Pa
     names = gallery["image"].to_list()
     x_train = inputs("train", train["image"].to_list(), slice(0, train.height))
     y_train = train["child"].to_numpy().astype(np.float32)
+    train_shas = train["sha256"].to_list()
     view = f"{images.encoder} + {view_name}"
-    fingerprint = guard_fingerprint(x_train, y_train, view)
+    own_flagged = set(train_desc.filter(pl.col("flagged"))["image"].to_list())
+    desc_train = np.array([i in own_flagged for i in train["image"]], dtype=bool)
+    fingerprint = pg.guard_fingerprint(guard_fingerprint(x_train, y_train, view), train_shas, config,
+                                       desc_train)
     fitted_path = Path(models_dir) / "photo_guard" / f"fit-{fingerprint}.safetensors"
-    # Same inputs, labels and settings give the same fit: reuse it (16 fits otherwise).
-    guard = load_guard(fitted_path) if fitted_path.exists() else None
-    reused = guard is not None
-    if guard is None:
-        guard = train_photo_guard(x_train, y_train)
-        guard.fitted_in = run_id
-    guard.view = view
-    score = (guard.score(inputs("test", names, slice(train.height, None))) if names
-             else np.zeros(0, np.float64))
-    restricted = guard.restricted(score)
-    flags = pl.DataFrame({"run_id": run_id, "image": names, "score": score.astype(np.float64),
-                          "threshold": guard.threshold, "restricted": restricted},
-                         schema={"run_id": pl.String, "image": pl.String, "score": pl.Float64,
-                                 "threshold": pl.Float64, "restricted": pl.Boolean})
-    metrics = [{"head": "guard", "protocol": "oof_train_photos", "metric": k, "value": float(v)}
-               for k, v in guard.cv.items()]
-    lab = dict(zip(test_labels["image"], test_labels["child"]))
-    known = [g for g in names if g in lab]
-    if known:
-        s = dict(zip(names, score))
-        ys, ss = np.array([lab[g] for g in known], dtype=bool), np.array([s[g] for g in known])
-        test = {"roc_auc": roc_auc(ss, ys), **precision_recall_at(ss, ys, guard.threshold)}
-        metrics += [{"head": "guard", "protocol": "test_photos_caption_labels", "metric": k, "value": float(v)}
-                    for k, v in test.items()]
-    blob = guard_bytes(guard, guard.fitted_in, fingerprint)
+    face_cache = pg.face_cache_dir(emb_root, config.faces)
+    cost = {"faces_analysed": 0, "faces_failed": 0, "faces_from_cache": 0, "face_seconds": 0.0, "face_cpu_seconds": 0.0}
+
+    def add_cost(c: dict) -> None:
+        for k_ in cost:
+            cost[k_] += c[k_]
+
+    train_paths = [Path(data_dir) / p for p in train["path"]]
+
+    def train_faces(idx: np.ndarray) -> np.ndarray:
+        frame, c = pg.face_signals([train_paths[i] for i in idx], [train_shas[i] for i in idx], face_cache,
+                                   config.faces)
+        add_cost(c)
+        return pg.face_matrix(frame)
+
+    # Same inputs, labels and settings give the same fit: reuse it (16 image fits, faces, combiner).
+    model = load_guard(fitted_path, config) if fitted_path.exists() else None
+    reused = model is not None
+    if model is None:
+        model = pg.fit_guard(x_train, y_train, train_shas, train_faces, config)
+        model.cv.update(policy_oof_figures(model, desc_train, y_train))
+        model.fitted_in = run_id
+    model.image.view = view
+
+    # The gallery: image scores, faces above the gate, descriptions, the decision.
+    image_score = (model.image.score(inputs("test", names, slice(train.height, None))) if names
+                   else np.zeros(0, np.float64))
+    need = pg.needs_faces(image_score, model.face_gate)
+    picked = np.flatnonzero(need)
+    gal_faces, c = pg.face_signals([Path(data_dir) / gallery["path"][int(i)] for i in picked],
+                                   [gallery["sha256"][int(i)] for i in picked], face_cache, config.faces)
+    add_cost(c)
+    face_rows = {s_: r for s_, r in zip(gal_faces["sha256"], pg.face_matrix(gal_faces))}
+    empty = np.full(len(pg.FACE_FEATURES), np.nan)
+    gal_matrix = np.stack([face_rows.get(s_, empty) if n_ else empty
+                           for s_, n_ in zip(gallery["sha256"], need)]) if names else np.zeros((0, len(empty)))
+    # Unanalysable photos stay null (missing); photos below the gate were not looked at.
+    analysed = np.array([n_ and s_ in face_rows and np.isfinite(face_rows[s_][0])
+                         for s_, n_ in zip(gallery["sha256"], need)], dtype=bool)
+    signals = pg.description_signals(names, gallery_desc).with_columns(
+        pl.Series("image_score", image_score, dtype=pl.Float64),
+        pl.Series("face_checked", need, dtype=pl.Boolean),
+        *[pl.Series(f, np.where(analysed, gal_matrix[:, i], np.nan), dtype=pl.Float64).fill_nan(None)
+          if f in ("n_faces", "faces_under_16") else
+          pl.when(pl.Series(analysed)).then(pl.Series(f, gal_matrix[:, i], dtype=pl.Float64)).otherwise(None).alias(f)
+          for i, f in enumerate(pg.FACE_FEATURES)])
+    verdicts = pg.decide(signals, model)
+    flags = verdicts.with_columns(
+        pl.lit(run_id).alias("run_id"),
+        pl.col("n_faces").cast(pl.Int32), pl.col("faces_under_16").cast(pl.Int32),
+        pl.col("n_descriptions").cast(pl.Int32), pl.col("descriptions_flagged").cast(pl.Int32),
+        pl.col("youngest_age").fill_nan(None), pl.col("youngest_age_confidence").fill_nan(None),
+    ).select(PHOTO_FLAG_COLUMNS)
+
+    metrics = guard_metrics(model, verdicts)
+    model.cost = cost
+    blob = guard_bytes(model, model.fitted_in, fingerprint)
     if not reused:
         atomic_write_bytes(blob, fitted_path)
     atomic_write_bytes(blob, Path(models_dir) / "photo_guard" / f"{run_id}.safetensors")
     with connect(db) as con:
         append_run_rows(con, "photo_flags", run_id, flags)
-        record_stage(con, run_id, "photo_guard", fingerprint, guard.fitted_in if reused else None)
+        record_stage(con, run_id, "photo_guard", fingerprint, model.fitted_in if reused else None)
         append_run_rows(con, "model_metrics", run_id, pl.DataFrame(metrics).with_columns(
             pl.lit(run_id).alias("run_id"), pl.lit("photo_guard").alias("component")))
-    get_run_logger().info("photo guard (%s, %s): %d views computed, threshold %.4f, %d of %d gallery photos "
-                          "restricted, %s", fingerprint, "inputs unchanged: reused" if reused else "fitted",
-                          n_computed, guard.threshold, int(restricted.sum()), len(names), guard.cv)
-    guard.fingerprint, guard.reused = fingerprint, reused
-    return guard
+    by_signal = dict(verdicts.filter(pl.col("restricted")).group_by("deciding_signal").len().rows())
+    log.info("photo guard (%s, %s): %d views computed; faces: %d analysed (%.1f s, %.1f CPU s), %d cached; "
+             "image threshold %.4f, face gate %.4f, combined threshold %.4f; %d of %d gallery photos restricted %s",
+             fingerprint, "inputs unchanged: reused" if reused else "fitted", n_computed, cost["faces_analysed"],
+             cost["face_seconds"], cost["face_cpu_seconds"], cost["faces_from_cache"], model.image_threshold,
+             model.face_gate, model.threshold, int(verdicts["restricted"].sum()), len(names), by_signal)
+    model.fingerprint, model.reused = fingerprint, reused
+    return model

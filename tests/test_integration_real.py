@@ -96,3 +96,28 @@ def test_real_description_protocols_and_withheld_audit(real_run):
                           FROM latest_withheld_results w
                           JOIN photo_flags p ON p.run_id = w.run_id AND p.image = w.image""").fetchone()
     assert held[0] == 0 and held[1] > 0
+
+
+def test_real_photo_guard_audit(real_run):
+    """Every gallery photo: its five descriptions judged (a flagged one restricts it), an image
+    score, faces looked for above the gate, one deciding signal; the run's figures recorded."""
+    wh, summary = real_run
+    con = duckdb.connect(str(wh / "with_sense.duckdb"), read_only=True)
+    flags = con.execute("SELECT * FROM photo_flags WHERE run_id = ?", [summary["run_id"]]).pl()
+    assert flags.height == 100 and (flags["n_descriptions"] == 5).all()
+    desc = flags["descriptions_flagged"] > 0
+    assert 35 <= desc.sum() <= 55   # 44 with the lexicon of 2026-11
+    assert (flags.filter(desc)["deciding_signal"] == "description").all() and flags.filter(desc)["restricted"].all()
+    assert (flags.filter(desc)["description_id"].str.split("#").list.first() == flags.filter(desc)["image"]).all()
+    checked = flags.filter(pl.col("face_checked"))
+    assert checked["n_faces"].is_not_null().all() and (checked["n_faces"] > 0).any()
+    judged = flags.filter(~desc & pl.col("face_checked"))
+    assert (judged["restricted"] == (judged["score"] >= judged["threshold"])).all()
+    assert set(flags["deciding_signal"]) <= {"description", "image_classifier", "face_age", "missing_signal"}
+    m = {(r["head"], r["protocol"], r["metric"]): r["value"] for r in con.execute(
+        "SELECT * FROM model_metrics WHERE run_id = ? AND component = 'photo_guard'", [summary["run_id"]]).pl().to_dicts()}
+    assert m[("image", "oof_train_photos", "oof_roc_auc")] > 0.85
+    for head in ("image", "image_face"):
+        assert m[(head, "oof_train_photos", "oof_recall_lower_bound")] >= 0.95
+    assert m[("guard", "oof_train_photos", "recall")] >= 0.95
+    assert m[("image_face", "test_photos_caption_labels", "recall")] >= 0.9

@@ -28,6 +28,7 @@ from models.child_photo import ChildPhotoClassifier, ChildPhotoConfig, photo_inp
 from tasks.compliance import (LEGAL_RECALL_FLOOR, PhotoGuard, conservative_threshold, recall_lower_bound,
                               stratified_folds, train_photo_guard)
 from tasks.config import DISCLAIMER
+from tasks.photo_guard import DECIDING_SIGNALS
 from tiny_warehouse import tiny_run
 
 INNOCENT = "people at a playground"
@@ -144,26 +145,52 @@ def connect(run):
 
 
 def test_every_gallery_photo_has_an_auditable_verdict(run):
+    """One photo_flags row per gallery photo with every signal's value, the thresholds, the
+    decision and the signal that decided it; the decision follows from the audit columns."""
     con = connect(run)
     rid = run.summary["run_id"]
     flags = con.execute("SELECT * FROM photo_flags WHERE run_id = ?", [rid]).pl()
     gallery = con.execute("SELECT image FROM gallery").pl()["image"].to_list()
     assert sorted(flags["image"].to_list()) == sorted(gallery)
-    assert flags["score"].is_not_null().all() and (flags["threshold"].n_unique() == 1)
-    assert (flags["restricted"] == (flags["score"] >= flags["threshold"])).all()
+    for col in ("threshold", "image_threshold", "face_gate"):
+        assert flags[col].is_not_null().all() and flags[col].n_unique() == 1, col
+    assert flags["image_score"].is_not_null().all()
+    assert set(flags["deciding_signal"]) <= set(DECIDING_SIGNALS)
+    desc = flags["descriptions_flagged"] > 0
+    # Each gallery photo's own descriptions are its saved queries (`<image>#<n>`): one each here.
+    assert (flags["n_descriptions"] == 1).all()
+    assert (flags.filter(desc)["restricted"]).all() and (flags.filter(desc)["deciding_signal"] == "description").all()
+    assert flags.filter(desc)["description_id"].is_not_null().all() and flags.filter(desc)["description_rule"].is_not_null().all()
+    assert (flags["face_checked"] == (flags["image_score"] >= flags["face_gate"])).all()
+    cleared = flags.filter(~desc & ~pl.col("face_checked"))
+    assert (~cleared["restricted"]).all() and (cleared["deciding_signal"] == "image_classifier").all()
+    assert cleared["score"].is_null().all() and cleared["n_faces"].is_null().all()
+    judged = flags.filter(~desc & pl.col("face_checked"))
+    # The tiny photos are 64 x 48 px colour fields: no face in any of them (a value, not a missing signal).
+    assert (judged["n_faces"] == 0).all() and judged["youngest_age"].is_null().all()
+    assert (judged["restricted"] == (judged["score"] >= judged["threshold"])).all()
     assert flags["restricted"].any(), "the tiny gallery has child scenes; the guard must restrict some"
-    metrics = con.execute("""SELECT protocol, metric, value FROM model_metrics
+    metrics = con.execute("""SELECT head, protocol, metric, value FROM model_metrics
                              WHERE run_id = ? AND component = 'photo_guard'""", [rid]).pl()
-    got = {(p, m) for p, m in zip(metrics["protocol"], metrics["metric"])}
-    for key in [("oof_train_photos", "oof_roc_auc"), ("oof_train_photos", "threshold"),
-                ("oof_train_photos", "oof_recall"), ("test_photos_caption_labels", "roc_auc"),
-                ("test_photos_caption_labels", "precision"), ("test_photos_caption_labels", "recall")]:
-        assert key in got
-    thr = metrics.filter((pl.col("protocol") == "oof_train_photos") & (pl.col("metric") == "threshold"))["value"][0]
-    assert thr == pytest.approx(flags["threshold"][0])
-    # The fitted guard of this run is kept, with the same threshold.
+    got = {(h, p, m) for h, p, m in zip(metrics["head"], metrics["protocol"], metrics["metric"])}
+    for key in [("image", "oof_train_photos", "oof_roc_auc"), ("image", "oof_train_photos", "threshold"),
+                ("image", "oof_train_photos", "oof_recall"), ("image_face", "oof_train_photos", "threshold"),
+                ("image_face", "oof_train_photos", "face_gate"), ("image_face", "oof_train_photos", "oof_recall"),
+                ("guard", "oof_train_photos", "recall"), ("guard", "oof_train_photos", "clean_withheld"),
+                ("image", "test_photos_caption_labels", "roc_auc"), ("guard", "test_photos_caption_labels", "recall"),
+                ("image_face", "test_photos_caption_labels", "clean_withheld"),
+                ("guard", "gallery_decisions", "restricted_by_description")]:
+        assert key in got, key
+    value = lambda h, p, m: metrics.filter((pl.col("head") == h) & (pl.col("protocol") == p)  # noqa: E731
+                                           & (pl.col("metric") == m))["value"][0]
+    assert value("guard", "oof_train_photos", "threshold") == pytest.approx(flags["threshold"][0])
+    assert value("image", "oof_train_photos", "threshold") == pytest.approx(flags["image_threshold"][0])
+    assert value("image_face", "oof_train_photos", "face_gate") == pytest.approx(flags["face_gate"][0])
+    assert value("guard", "gallery_decisions", "restricted") == flags["restricted"].sum()
+    # The fitted guard of this run is kept, with the same thresholds.
     saved = st_load((run.warehouse / "models" / "photo_guard" / f"{rid}.safetensors").read_bytes())
-    assert float(saved["threshold"][0]) == pytest.approx(thr)
+    assert float(saved["threshold"][0]) == pytest.approx(flags["threshold"][0])
+    assert float(saved["image.threshold"][0]) == pytest.approx(flags["image_threshold"][0])
 
 
 def test_both_views_embedded_in_one_pass(run):

@@ -1,4 +1,5 @@
--- The photo guard's decisions in the latest run: each restricted gallery photo, its
+-- The photo guard's decisions in the latest run: each restricted gallery photo, the signal
+-- that decided (description, image classifier, face age, missing signal), the evidence, its
 -- score against the threshold, and how many saved queries would have shown it
 -- (withheld_results: the photo ranked above a query's last shown photo).
 with latest as (
@@ -20,6 +21,13 @@ appearances as (
 final as (
     select
         flags.image,
+        flags.deciding_signal,
+        flags.description_id,
+        flags.description_rule,
+        flags.n_faces,
+        flags.youngest_age,
+        round(flags.image_score, 4)                 as image_score,
+        round(flags.image_threshold, 4)             as image_threshold,
         round(flags.score, 4)                       as score,
         round(flags.threshold, 4)                   as threshold,
         round(flags.score - flags.threshold, 4)     as margin,
