@@ -47,7 +47,7 @@ import polars as pl
 from models.face_age import FEATURES as FACE_FEATURES
 from models.face_age import FaceAgeConfig
 from models.signal_combiner import CombinerConfig, SignalCombiner, combiner_inputs
-from tasks.compliance import (CV_FOLDS, CV_REPEATS, LEGAL_RECALL_FLOOR, THRESHOLD_CONFIDENCE, PhotoGuard,
+from tasks.guard_fit import (CV_FOLDS, CV_REPEATS, LEGAL_RECALL_FLOOR, THRESHOLD_CONFIDENCE, PhotoGuard,
                               conservative_threshold, cv_folds, cv_splits, recall_lower_bound, roc_auc)
 from tasks.config import SEED
 
@@ -315,7 +315,7 @@ def guard_fingerprint(image_fingerprint: str, shas: Sequence[str], config: Guard
     """The image classifier's fingerprint plus everything the face stage depends on: the train
     photos' contents (the faces are a function of them and the face settings), the settings,
     and the train photos' own description flags (they enter the saved out-of-fold figures)."""
-    from tasks.compliance import GUARD_FORMAT
+    from tasks.guard_fit import GUARD_FORMAT
 
     h = hashlib.sha256(f"photo guard {GUARD_FORMAT}|{image_fingerprint}|".encode())
     h.update("\n".join(shas).encode())
@@ -331,7 +331,7 @@ def fit_guard(x: np.ndarray, label: np.ndarray, shas: Sequence[str], faces_of, c
     """Fit everything on train photos: the image classifier (and its out-of-fold scores), the
     face gate, then faces for the gated photos only (``faces_of(indices) -> [len, FEATURES]``),
     then the combiner and its threshold."""
-    from tasks.compliance import train_photo_guard
+    from tasks.guard_fit import train_photo_guard
 
     y = np.asarray(label).astype(np.float32)
     groups = np.asarray(list(shas))
