@@ -60,7 +60,8 @@ def load_inputs(warehouse: Path, data_dir: Path) -> dict:
 
     from models.child_photo import photo_inputs, view_block
     from tasks.compliance import DESCRIPTIONS_SQL
-    from tasks.embed import encoder_dir, image_encoder, load_cached
+    from tasks.embed import image_encoder
+    from tasks.embedding_cache import encoder_dir, load_cached
     from tasks.photo_views import guard_encoder
 
     con = duckdb.connect(str(warehouse / "with_sense.duckdb"), read_only=True)

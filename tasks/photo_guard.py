@@ -95,7 +95,7 @@ def description_signals(images: Sequence[str], descriptions: pl.DataFrame) -> pl
 
 
 def face_cache_dir(emb_root: Path, config: FaceAgeConfig) -> Path:
-    from tasks.embed import encoder_dir
+    from tasks.embedding_cache import encoder_dir
 
     return encoder_dir(emb_root, "faces", config.name)
 
@@ -110,7 +110,7 @@ def face_signals(paths: Sequence[Path], sha256s: Sequence[str], cache: Path | No
     cost: photos analysed, photos from the cache, seconds (wall and CPU of this process and
     its workers)."""
     from models.face_age import analyse_photos
-    from tasks.embed import load_cached, unique_contents, write_part
+    from tasks.embedding_cache import load_cached, unique_contents, write_part
 
     shas = list(sha256s)
     cached = load_cached(cache, shas, ["faces"])["faces"] if cache is not None else {}
