@@ -234,7 +234,10 @@ def document(db: Path, run_id: str, wh: Warehouse, steps: list[DbtStep]) -> Path
         if all((earlier / name).exists() for name in ARTIFACTS):
             source = earlier
     if source is None:
-        ok, _ = invoke(["docs", "generate", "--static", "--no-compile"], db, run_id, state)
+        # --no-compile needs the manifest of a build in this state folder; a warehouse whose
+        # steps were all reused from a run built elsewhere (a copied warehouse) has none.
+        no_compile = ["--no-compile"] if (state / "target" / "manifest.json").exists() else []
+        ok, _ = invoke(["docs", "generate", "--static", *no_compile], db, run_id, state)
         if not ok:
             raise DbtFailed(f"dbt docs generate failed (see {state / 'logs'})")
         source = state / "target"

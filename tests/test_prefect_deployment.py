@@ -35,8 +35,9 @@ RUN_TIMEOUT_SECONDS = 420
 PREFECT = [sys.executable, "-m", "prefect"]
 # Tasks of the nightly flow, by the name they are declared with (ranking may be sharded,
 # so its tasks are checked by prefix).
-NIGHTLY_TASKS = {"ingest", "load-raw", "sql-models", "flag-texts", "build-encoders", "embed-images", "embed-texts",
-                 "photo-guard", "train-heads", "evaluate-retrieval", "finish-run", "report"}
+NIGHTLY_TASKS = {"ingest", "load-raw", "dbt-build-staging", "flag-texts", "dbt-build-marts", "build-encoders",
+                 "embed-images", "embed-texts", "photo-guard", "train-heads", "evaluate-retrieval", "dbt-test",
+                 "finish-run", "report", "dbt-docs"}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
