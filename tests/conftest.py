@@ -92,3 +92,25 @@ def real_data() -> Path:
     if not (REAL_DATA / "train_dataset.csv").exists():
         pytest.skip(f"real data not found at {REAL_DATA}")
     return REAL_DATA
+
+
+# The ingest tests' tiny dataset: one clean copy per module, ingested once, and a private
+# copy for each test that damages it.
+@pytest.fixture(scope="module")
+def clean_copy(tmp_path_factory) -> Path:
+    return build_dataset(tmp_path_factory.mktemp("clean"))
+
+
+@pytest.fixture(scope="module")
+def clean_result(clean_copy):
+    from tasks.ingest import ingest
+
+    return ingest(clean_copy)
+
+
+@pytest.fixture
+def data(clean_copy, tmp_path) -> Path:
+    """A private copy of the tiny dataset for one test to damage."""
+    import shutil
+
+    return Path(shutil.copytree(clean_copy, tmp_path / "with_sense", symlinks=True))

@@ -20,25 +20,12 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from conftest import build_dataset, make_photo
+from conftest import make_photo
 from tasks import ingest as ing
 from tasks import ingest_photos, ingest_sources
 from tasks.ingest import SourceFileError, ingest, preflight
 
-@pytest.fixture(scope="module")
-def clean_copy(tmp_path_factory) -> Path:
-    return build_dataset(tmp_path_factory.mktemp("clean"))
-
-
-@pytest.fixture(scope="module")
-def clean_result(clean_copy):
-    return ingest(clean_copy)
-
-
-@pytest.fixture
-def data(clean_copy, tmp_path) -> Path:
-    """A private copy of the tiny dataset for one test to damage."""
-    return Path(shutil.copytree(clean_copy, tmp_path / "with_sense", symlinks=True))
+# clean_copy, clean_result and data: tests/conftest.py (shared with test_ingest_kinds.py)
 
 
 def append(path: Path, line: bytes | str) -> int:

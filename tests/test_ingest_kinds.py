@@ -12,7 +12,6 @@ Every test also checks the ledger: rows read = loaded + quarantined, per source.
 from __future__ import annotations
 
 import io
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,24 +19,12 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from conftest import build_dataset
+
 from tasks.ingest import ingest
 from tasks.ingest_photos import REPAIRED_EOI
 
 
-@pytest.fixture(scope="module")
-def clean_copy(tmp_path_factory) -> Path:
-    return build_dataset(tmp_path_factory.mktemp("clean"))
-
-
-@pytest.fixture(scope="module")
-def clean_result(clean_copy):
-    return ingest(clean_copy)
-
-
-@pytest.fixture
-def data(clean_copy, tmp_path) -> Path:
-    return Path(shutil.copytree(clean_copy, tmp_path / "with_sense"))
+# clean_copy, clean_result and data: tests/conftest.py (shared with test_ingest_bad_input.py)
 
 
 def assert_ledger_adds_up(result) -> None:
