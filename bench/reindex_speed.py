@@ -1,9 +1,13 @@
 """Whole-reindex benchmark: cold vs nothing-new vs 10-new-photos, in one run.
 
-    .venv/bin/python bench/reindex_speed.py [--data-dir DIR] [--repeats 1]
+    .venv/bin/python bench/reindex_speed.py [--data-dir DIR] [--repeats 1] [--server]
 
-Each mode runs `python -m flows.reindex` as its own process (Prefect's ephemeral server,
-the default mode), timed from outside; peak resident memory is the process's maxrss.
+Writes bench/results/reindex_speed[_server].{json,md}.  Each mode runs `python -m flows.reindex`
+as its own process, timed from outside, on Prefect's ephemeral server (the default) or, with
+``--server``, against a Prefect server this benchmark starts first (how the nightly deployment
+runs: no server start-up inside the run); peak resident memory is the process's maxrss.
+Each reindex runs under ``bench/count_opens.py`` (strace): how often each photo file was opened,
+by any process of the run.
 - cold:       empty warehouse (no embedding cache, no trained heads)
 - no change:  the same inputs again on the warm warehouse
 - 10 new:     ten new gallery photos added (new files, new content hashes)
@@ -18,6 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
+import urllib.request
+from collections import Counter
 import os
 import re
 import shutil
@@ -33,7 +40,11 @@ from PIL import Image, ImageOps
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import results_io  # noqa: E402
 from tasks.config import default_data_dir  # noqa: E402
+
+COUNT_OPENS = str(ROOT / "bench" / "count_opens.py")
+PHOTO_DIRS = ("train_images", "test_images")
 
 
 # A wrapper process reports its own children's peak RSS, so each mode's figure is its own
@@ -94,16 +105,58 @@ def timed(cmd: list[str]) -> tuple[float, float, dict[str, float]]:
     return wall, int(out.stderr.strip().splitlines()[-1]) / 1024.0, phases(out.stderr, started, wall)
 
 
-def run_reindex(data: Path, wh: Path) -> tuple[float, float, float, dict[str, float], dict[str, float]]:
-    """Wall seconds, peak RSS (MiB) and phases of one reindex process, then the flow's own
-    duration and its seconds by stage, as the run recorded them."""
-    wall, rss, phase = timed([sys.executable, "-m", "flows.reindex", "--data-dir", str(data), "--warehouse", str(wh)])
+def open_counts(opens_json: Path, data: Path) -> dict:
+    """How many photo files were opened how often: {"photos": n, "opened": k, "max": m,
+    "files_by_opens": {times: files}} (photo files only, not the source CSVs)."""
+    photos = [p for d in PHOTO_DIRS for p in (data / d).iterdir()]
+    counts = json.loads(opens_json.read_text())["opens"]
+    per_photo = [counts.get(str(p.resolve()), 0) + counts.get(str(p), 0) * (str(p) != str(p.resolve()))
+                 for p in photos]
+    hist = Counter(per_photo)
+    return {"photos": len(photos), "opened": sum(1 for n in per_photo if n), "max": max(per_photo, default=0),
+            "files_by_opens": {str(k): hist[k] for k in sorted(hist)}}
+
+
+def run_reindex(data: Path, wh: Path) -> tuple[float, float, float, dict[str, float], dict[str, float], dict]:
+    """Wall seconds, peak RSS (MiB) and phases of one reindex process, the flow's own
+    duration and its seconds by stage, as the run recorded them, and its photo-file opens."""
+    opens = wh.parent / "opens.json"
+    wall, rss, phase = timed([sys.executable, COUNT_OPENS, str(opens), str(data), "--", sys.executable, "-m", "flows.reindex",
+                              "--data-dir", str(data), "--warehouse", str(wh)])
     import duckdb
 
     with duckdb.connect(str(wh / "with_sense.duckdb"), read_only=True) as con:
         flow_s, summary = con.execute("SELECT wall_seconds, summary_json FROM runs ORDER BY run_id DESC LIMIT 1"
                                       ).fetchone()
-    return wall, rss, flow_s, json.loads(summary).get("stage_seconds", {}), phase
+    return wall, rss, flow_s, json.loads(summary).get("stage_seconds", {}), phase, open_counts(opens, data)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(home: Path) -> tuple[subprocess.Popen, str]:
+    """A Prefect server on a free local port with its own PREFECT_HOME (SQLite); waits until
+    /api/health answers (at most 120 s).  Returns the process and its API URL."""
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DO_NOT_TRACK": "1"}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    api = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{api}/health", timeout=3) as r:
+                if r.status == 200:
+                    return proc, api
+        except OSError:
+            time.sleep(1)
+    proc.terminate()
+    raise SystemExit("the Prefect server did not answer /api/health within 120 s")
 
 
 def run_floor(with_imports: bool) -> tuple[float, float, dict[str, float]]:
@@ -133,38 +186,67 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--repeats", type=int, default=1, help="runs of each warm mode (median reported)")
+    p.add_argument("--server", action="store_true", help="run against a Prefect server started for the benchmark")
+    p.add_argument("--out", type=Path, default=results_io.RESULTS)
     a = p.parse_args()
+    meta = results_io.meta()
     with tempfile.TemporaryDirectory(prefix="reindex-bench-") as tmp:
         tmp = Path(tmp)
-        data = copy_data(a.data_dir.resolve(), tmp / "with_sense")
-        wh = tmp / "wh"
-        load_start = os.getloadavg()[0]
-        cold = run_reindex(data, wh)
-        nochange = sorted((run_reindex(data, wh) for _ in range(a.repeats)), key=lambda r: r[0])[a.repeats // 2]
-        add_new_photos(data, 10)
-        new10 = run_reindex(data, wh)
-    floor = run_floor(with_imports=False)
-    floor_imports = run_floor(with_imports=True)
+        server = None
+        if a.server:
+            server, os.environ["PREFECT_API_URL"] = start_server(tmp / "prefect-home")
+        try:
+            data = copy_data(a.data_dir.resolve(), tmp / "with_sense")
+            wh = tmp / "wh"
+            cold = run_reindex(data, wh)
+            nochange = sorted((run_reindex(data, wh) for _ in range(a.repeats)), key=lambda r: r[0])[a.repeats // 2]
+            add_new_photos(data, 10)
+            new10 = run_reindex(data, wh)
+            floor = run_floor(with_imports=False)
+            floor_imports = run_floor(with_imports=True)
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait(30)
     rows = [("cold", cold), ("no change", nochange), ("10 new photos", new10)]
-    print(f"{'mode':<22}{'wall s':>9}{'vs cold':>9}{'flow s':>9}{'peak RSS MiB':>14}")
-    for name, (wall, rss, flow_s, *_) in rows:
-        print(f"{name:<22}{wall:>9.1f}{wall / cold[0]:>9.3f}{flow_s:>9.1f}{rss:>14.0f}")
     floors = [("floor: empty flow", floor), ("  + import reindex", floor_imports)]
+    mode = "a running Prefect server (started by the benchmark)" if a.server else "Prefect's ephemeral server"
+    md = [f"# Reindex speed: cold, no change, 10 new photos ({'server' if a.server else 'ephemeral'})",
+          f"Each mode is one `python -m flows.reindex` process on a copy of the real data, against {mode}.  "
+          "wall s: process start to exit, timed from outside; flow s: the flow body up to the summary "
+          "(runs.wall_seconds); photo opens: how often each of the photo files was opened (every `open` "
+          "audit event of the process, bench/count_opens.py).", "",
+          "| mode | wall s | vs cold | flow s | peak RSS MiB | photo files opened | most opens of one file | files by opens |",
+          "|---|---|---|---|---|---|---|---|"]
+    for name, (wall, rss, flow_s, _, _, op) in rows:
+        by = ", ".join(f"{k}×: {v}" for k, v in op["files_by_opens"].items())
+        md.append(f"| {name} | {wall:.1f} | {wall / cold[0]:.3f} | {flow_s:.1f} | {rss:.0f} | "
+                  f"{op['opened']} of {op['photos']} | {op['max']} | {by} |")
     for name, (wall, rss, _) in floors:
-        print(f"{name:<22}{wall:>9.1f}{wall / cold[0]:>9.3f}{'':>9}{rss:>14.0f}")
-    print("wall s: process start to exit, timed from outside; flow s: the flow body up to the summary "
-          "(runs.wall_seconds)")
-    print("where the wall time goes (seconds, from Prefect's log timestamps):")
+        md.append(f"| {name.strip()} | {wall:.1f} | {wall / cold[0]:.3f} | | {rss:.0f} | | | |")
     cols = [(n, r[4]) for n, r in rows] + [("empty flow", floor[2]), ("empty + imports", floor_imports[2])]
-    print(f"  {'phase':<20}" + "".join(f"{n[:15]:>16}" for n, _ in cols))
-    for ph in [p for p, _ in PHASES] + ["after flow"]:
-        print(f"  {ph:<20}" + "".join(f"{c.get(ph, float('nan')):>16.2f}" for _, c in cols))
-    print("seconds by stage (runs.summary_json):")
+    if any(c for _, c in cols):
+        md += ["", "Where the wall time goes (seconds, from Prefect's log timestamps):", "",
+               "| phase | " + " | ".join(n for n, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for ph in [p_ for p_, _ in PHASES] + ["after flow"]:
+            md.append(f"| {ph} | " + " | ".join(f"{c.get(ph, float('nan')):.2f}" for _, c in cols) + " |")
     stages = list(dict.fromkeys(k for r in (cold, nochange, new10) for k in r[3]))
-    print(f"  {'stage':<20}" + "".join(f"{n:>16}" for n, _ in rows))
+    md += ["", "Seconds by stage (runs.summary_json):", "", "| stage | " + " | ".join(n for n, _ in rows) + " |",
+           "|---" * (len(rows) + 1) + "|"]
     for st in stages:
-        print(f"  {st:<20}" + "".join(f"{r[3].get(st, float('nan')):>16.2f}" for _, r in rows))
-    print(f"(cpu count {os.cpu_count()}, load average at start {load_start:.2f}, at end {os.getloadavg()[0]:.2f})")
+        md.append(f"| {st} | " + " | ".join(f"{r[3].get(st, float('nan')):.2f}" for _, r in rows) + " |")
+    md += ["", f"Load average at the end {[round(v, 2) for v in os.getloadavg()]} (the machine is shared: "
+           "wall seconds are upper bounds)."]
+    data_out = {"meta": meta, "server": a.server,
+                "modes": {n: {"wall_s": round(r[0], 2), "vs_cold": round(r[0] / cold[0], 4), "flow_s": r[2],
+                              "peak_rss_mib": round(r[1]), "stage_seconds": r[3], "phases": r[4], "photo_opens": r[5]}
+                          for n, r in rows},
+                "floors": {n.strip(): {"wall_s": round(r[0], 2), "peak_rss_mib": round(r[1]), "phases": r[2]}
+                           for n, r in floors}}
+    name = "reindex_speed_server" if a.server else "reindex_speed"
+    for path in results_io.write(name, data_out, md, a.out):
+        print("wrote", path)
+    print("\n".join(md))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ from tasks.descriptions import description_scores, gallery_descriptions
 from tasks.embedding_cache import encoder_dir, load_cached, text_sha
 from tasks.rank import WITHHELD_NOTE, build_results, order_candidates, photo_verdicts
 from tasks.train import load_model
-from tasks.warehouse import Warehouse, atomic_write_parquet, connect
+from tasks.atomic import atomic_write_parquet
+from tasks.warehouse import Warehouse, connect
 
 OUTPUT_KEYS = ("rank", "image", "score", "model_score", "description_score", "channel", "shown", "disclaimer",
                "display", "note")

@@ -70,8 +70,9 @@ import numpy as np
 import models  # noqa: F401  (torchvision compat shim; must precede torch-ecosystem imports)
 from models.image_export import (  # noqa: F401  (re-exported: one import point for the encoder's names)
     CALIBRATION_BATCH, CALIBRATION_PHOTOS, EXPORT_FORMAT, FEATURE_DIM, INT8_FORMAT, INT8_KEEP_FP32, INT8_TOLERANCE,
-    MEAN, NUM_CLASSES, ONNX_OPSET, STD, _atomic_write, _sha256, _weights_sha256, cpu_has_vnni, default_precision,
+    MEAN, NUM_CLASSES, ONNX_OPSET, STD, _sha256, _weights_sha256, cpu_has_vnni, default_precision,
     encoder_module, export_onnx, photo_hash, quantize_int8, weights_path)
+from tasks.atomic import atomic_write
 from models.image_preprocess import (  # noqa: F401
     NATIVE_SIZE, PREPROCESSING, RESAMPLE, ImageLike, load, load_views, preprocess, to_rgb)
 
@@ -196,8 +197,8 @@ class ImageEncoder:
             quantize_int8(fp32_path, int8_path, photos, self.size)
             listing = {"recipe": recipe, "int8_sha256": _sha256(int8_path),
                        "calibration_sha256": [photo_hash(src) for src in photos]}
-            _atomic_write(int8_path.with_suffix(".calibration.json"),
-                          lambda tmp: Path(tmp).write_text(json.dumps(listing, indent=1)))
+            atomic_write(int8_path.with_suffix(".calibration.json"),
+                         lambda tmp: tmp.write_text(json.dumps(listing, indent=1)))
         self.model_tag = "m" + _sha256(int8_path)[:8]
         return int8_path
 

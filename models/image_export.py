@@ -17,6 +17,7 @@ from PIL import Image
 
 import models  # noqa: F401  (torchvision compat shim; must precede torch-ecosystem imports)
 from models.image_preprocess import ImageLike, load, to_rgb
+from tasks.atomic import atomic_write
 
 MEAN, STD = 127.0, 128.0  # EfficientNet-Lite (TF) input normalisation on 0..255 pixels
 FEATURE_DIM, NUM_CLASSES = 1280, 1000
@@ -75,20 +76,6 @@ def encoder_module(variant: str, size: int, max_pool: bool = False):
     return _Encoder().eval()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename over ``path``: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def export_onnx(variant: str, size: int, path: Path, max_pool: bool = False) -> None:
     """Export ``encoder_module`` (dynamic batch, uint8 NHWC input) to ``path``, atomically."""
     import torch
@@ -97,17 +84,17 @@ def export_onnx(variant: str, size: int, path: Path, max_pool: bool = False) -> 
     example = torch.zeros(1, size, size, 3, dtype=torch.uint8)
     outputs = ["features", "max_features", "logits"] if max_pool else ["features", "logits"]
 
-    def write(tmp: str) -> None:
+    def write(tmp: Path) -> None:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript-exporter deprecation chatter
             torch.onnx.export(
-                module, (example,), tmp, dynamo=False, opset_version=ONNX_OPSET,
+                module, (example,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
                 input_names=["pixels"], output_names=outputs,
                 dynamic_axes={n: {0: "n"} for n in ["pixels", *outputs]},
                 do_constant_folding=True,  # folds every BatchNorm into its convolution
             )
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 # int8 recipe (static QDQ): per-channel int8 weights, uint8 activations with min/max ranges,
@@ -203,18 +190,18 @@ def quantize_int8(fp32_path: Path, path: Path, calibration: Sequence[ImageLike],
     # left, so the flush period must not divide the number of batches.
     flush = next(k for k in (5, 4, 6, 7, 3) if len(batches) % k) if len(batches) > 1 else 2
 
-    def write(tmp: str) -> None:
+    def write(tmp: Path) -> None:
         with tempfile.TemporaryDirectory(dir=path.parent) as work:
             pre = os.path.join(work, "pre.onnx")
             quant_pre_process(str(fp32_path), pre, skip_symbolic_shape=True)
             quantize_static(
-                pre, tmp, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                pre, str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 nodes_to_exclude=_int8_excluded(onnx.load(pre), keep_fp32),
                 extra_options={"CalibMaxIntermediateOutputs": flush},
             )
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def photo_hash(src: ImageLike) -> str:

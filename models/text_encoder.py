@@ -101,20 +101,20 @@ def export_onnx(path: Path) -> None:
 
     import torch
 
-    from models.image_encoder import _atomic_write
+    from tasks.atomic import atomic_write
 
     module = _pooled_module()
     example = tuple(torch.ones(2, 8, dtype=torch.int64) for _ in INPUTS)
 
-    def write(tmp: str) -> None:
+    def write(tmp: Path) -> None:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, example, tmp, dynamo=False, opset_version=ONNX_OPSET,
+            torch.onnx.export(module, example, str(tmp), dynamo=False, opset_version=ONNX_OPSET,
                               input_names=list(INPUTS), output_names=["embedding"],
                               dynamic_axes={**{n: {0: "n", 1: "tokens"} for n in INPUTS}, "embedding": {0: "n"}},
                               do_constant_folding=True)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 class TextEncoder:

@@ -233,7 +233,7 @@ def photo_guard_task(db: Path, run_id: str, images, data_dir: Path, emb_root: Pa
     from models.child_photo import photo_inputs, view_block
     from tasks import photo_guard as pg
     from tasks.photo_views import compute_views
-    from tasks.warehouse import atomic_write_bytes
+    from tasks.atomic import atomic_write_bytes
 
     log = get_run_logger()
     config = pg.GuardConfig()

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from models.image_encoder import CALIBRATION_PHOTOS, ImageLike
-from tasks.warehouse import atomic_write_parquet
+from tasks.atomic import atomic_write_parquet
 
 # compute(indices) yields (indices done, {output name: array [len(indices done), dim]}).
 Compute = Callable[[list[int]], Iterator[tuple[list[int], dict[str, np.ndarray]]]]

@@ -14,7 +14,8 @@ from prefect.cache_policies import NO_CACHE
 from tasks.config import SEED
 from tasks.run_changes import describe_run
 from tasks.run_digest import metrics_rows
-from tasks.warehouse import Warehouse, atomic_write_bytes, atomic_write_parquet, connect, staged_exports_dir
+from tasks.atomic import atomic_write_bytes, atomic_write_parquet
+from tasks.warehouse import Warehouse, connect, staged_exports_dir
 
 EXPORTS = {
     "search_results": "SELECT * FROM search_results WHERE run_id = ? ORDER BY query_id, rank NULLS FIRST",

@@ -32,7 +32,8 @@ from tasks.config import DISCLAIMER
 from tasks.report_charts import histogram_svg, recall_curves_svg
 from tasks.run_changes import HEADLINE
 from tasks.run_digest import environment, figure
-from tasks.warehouse import Warehouse, atomic_write_bytes, connect
+from tasks.atomic import atomic_write, atomic_write_bytes
+from tasks.warehouse import Warehouse, connect
 
 HEAD_COLOURS = {"bridge": "#8250df", "lgbm": "#1a7f37", "mlp": "#bc4c00"}
 MATCH_COLOUR, OTHER_COLOUR = "#0969da", "#8c959f"
@@ -122,10 +123,7 @@ def write_thumbnail(src: Path, dest: Path, px: int) -> None:
         im.draft("RGB", (px, px))
         im = ImageOps.exif_transpose(im).convert("RGB")
         im.thumbnail((px, px))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        im.save(tmp, format="JPEG", quality=80, optimize=True)
-    tmp.replace(dest)
+        atomic_write(dest, lambda tmp: im.save(tmp, format="JPEG", quality=80, optimize=True))
 
 
 def sample_cards(results: pl.DataFrame, sample: list[str], written_for: dict, thumbs: dict[str, str]) -> list[dict]:

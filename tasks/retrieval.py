@@ -283,7 +283,7 @@ def build_index(folder: Path, bridge: Bridge, features: np.ndarray, images: Sequ
     """Write the gallery index (once per key: a finished folder is reused as it is)."""
     import pyarrow as pa
 
-    from tasks.warehouse import atomic_write_bytes, atomic_write_parquet
+    from tasks.atomic import atomic_write_bytes, atomic_write_parquet
 
     folder = Path(folder)
     if (folder / "_SUCCESS").exists():

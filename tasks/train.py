@@ -33,7 +33,7 @@ from tasks.descriptions import cross_validate_fusion, pair_description_scores
 from tasks.evaluate import judgment_agreement, rank_metrics, retrieval_ranks
 from tasks.progress import track
 from tasks.sql_project import project_var
-from tasks.warehouse import atomic_write_bytes
+from tasks.atomic import atomic_write_bytes
 
 SELECTION_METRIC = "expert_kendall_tau_c"
 # Bump when the saved model's meaning changes, so older saved heads are never reused.

@@ -36,7 +36,8 @@ from pathlib import Path
 
 from tasks.load import fingerprint, record_stage
 from tasks.sql_project import DBT_PROJECT_DIR
-from tasks.warehouse import Warehouse, atomic_write_bytes, connect
+from tasks.atomic import atomic_write_bytes
+from tasks.warehouse import Warehouse, connect
 
 STEPS = ("before_text_flags", "after_text_flags", "before_publish")
 # Artifacts a run keeps beside its report (reports/<run_id>/dbt/).

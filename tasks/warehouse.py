@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from tasks.atomic import fsync_file
 from tasks.config import PROJECT_ROOT
 
 DB_NAME = "with_sense.duckdb"
@@ -193,7 +192,7 @@ def discard_work(wh: Warehouse) -> None:
 
 
 def _sweep_temp_files(wh: Warehouse) -> None:
-    """Half-written ``.<name>.<pid>.tmp`` files (``atomic_write_*``) of processes now dead."""
+    """Half-written ``.<name>.<random>.<pid>.tmp`` files (``tasks.atomic``) of processes now dead."""
     for folder in (wh.exports_dir, wh.embeddings_dir, wh.models_dir, wh.reports_dir):
         if folder.exists():
             for tmp in folder.rglob(".*.tmp"):
@@ -276,39 +275,12 @@ def publish(wh: Warehouse, run_id: str) -> Path:
     return wh.db_path
 
 
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def atomic_write_parquet(table: pa.Table, path: Path) -> Path:
-    """Write a Parquet file so that readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    fsync_file(tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def atomic_write_bytes(data: bytes, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    fsync_file(tmp)
-    os.replace(tmp, path)
-    return path
 
 
 def connect(db_path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
