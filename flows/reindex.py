@@ -102,7 +102,9 @@ def reindex(
         lap("sql_and_text_flags")
 
         # The networks are built (ONNX export, int8 calibration) in their own task, once per
-        # warehouse; mapped shards then fill the embedding cache and the task reads every photo from it.
+        # warehouse; mapped shards then fill the embedding caches (both views and faces from one decode)
+        # and later stages read every photo from them (only the report reads a photo again: once, for
+        # the first thumbnail of a photo it shows).
         embed.build_encoders_task(db, data_dir, wh.models_dir / "onnx")
         lap("build_encoders")
         sharded = distributed.fill_image_cache(tr, db, data_dir, wh.embeddings_dir, wh.models_dir / "onnx")
@@ -111,7 +113,7 @@ def reindex(
         texts = embed.embed_texts_task(db, wh.embeddings_dir, wh.models_dir / "onnx")
         lap("embed_texts")
 
-        guard = compliance.photo_guard_task(db, run_id, images, data_dir, wh.embeddings_dir, wh.models_dir)
+        guard = compliance.photo_guard_task(db, run_id, images, wh.embeddings_dir, wh.models_dir)
         lap("photo_guard")
         model = train.train_heads_task(db, run_id, images, texts, wh.models_dir, head)
         lap("relevance_heads")

@@ -152,22 +152,71 @@ def _analyse_in_worker(src) -> np.ndarray | None:
 
 def analyse_photos(srcs: Sequence, config: FaceAgeConfig = FaceAgeConfig(),
                    workers: int | None = None) -> list[np.ndarray | None]:
-    """``analyse_photo`` for each photo (a path or PIL image), in order.
+    """``analyse_photo`` for each photo (a path or PIL image), in order: one ``FaceAnalyser`` call."""
+    with FaceAnalyser(config, workers) as analyser:
+        return analyser.map(srcs)
 
-    dlib's detector holds the GIL, so more than a few photos go to ``workers`` processes
-    (spawned: safe beside the flow's threads; ~1-2 s each to start, measured, so a handful
-    of new photos is analysed in this process)."""
-    srcs = list(srcs)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(srcs) // MIN_PHOTOS_PER_WORKER or 1))
-    if workers == 1:
-        model = FaceAgeModel(config)
-        return [analyse_photo(model, s) for s in srcs]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(config,)) as pool:
+class FaceAnalyser:
+    """``analyse_photo`` over many photos, in worker processes kept for the whole ``with`` block.
+
+    dlib's detector holds the GIL, so batches of at least ``MIN_PHOTOS_PER_WORKER`` photos per
+    worker go to up to ``workers`` processes (default: one per core), spawned on first need
+    (safe beside the flow's threads; ~1-2 s each to start, measured) and reused by later
+    calls; smaller batches are analysed in this process.  ``submit`` returns a future, so a
+    caller can decode the next photos while these are analysed.  Results are the same either
+    way (tests/test_photo_guard_signals.py)."""
+
+    def __init__(self, config: FaceAgeConfig = FaceAgeConfig(), workers: int | None = None, expected: int = 0):
+        # expected: photos the caller will send in all (small submits still go to the pool then).
+        self.config, self.workers, self.expected = config, max(1, workers or os.cpu_count() or 1), expected
+        self._pool = None
+        self._local: FaceAgeModel | None = None
+
+    def __enter__(self) -> "FaceAnalyser":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _pool_for(self, n: int):
+        if self.workers == 1 or (self._pool is None and max(n, self.expected) < 2 * MIN_PHOTOS_PER_WORKER):
+            return None
+        if self._pool is None:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                             initializer=_init_worker, initargs=(self.config,))
+        return self._pool
+
+    def submit(self, srcs: Sequence):
+        """A future of ``[analyse_photo(src) for src in srcs]`` (PIL images are pickled to the worker)."""
+        from concurrent.futures import Future
+
+        srcs = list(srcs)
+        pool = self._pool_for(len(srcs))
+        if pool is not None:
+            return pool.submit(_analyse_many_in_worker, srcs)
+        if self._local is None:
+            self._local = FaceAgeModel(self.config)
+        done: Future = Future()
+        done.set_result([analyse_photo(self._local, s) for s in srcs])
+        return done
+
+    def map(self, srcs: Sequence) -> list[np.ndarray | None]:
+        """``analyse_photo`` for each photo, in order, spread over the workers."""
+        srcs = list(srcs)
+        pool = self._pool_for(len(srcs))
+        if pool is None:
+            return self.submit(srcs).result()
         return list(pool.map(_analyse_in_worker, srcs, chunksize=8))
+
+
+def _analyse_many_in_worker(srcs: list) -> list[np.ndarray | None]:
+    return [_analyse_in_worker(s) for s in srcs]
 
 
 # Below this many photos per extra process, starting it costs more than it saves.

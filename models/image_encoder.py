@@ -74,7 +74,7 @@ from models.image_export import (  # noqa: F401  (re-exported: one import point 
     encoder_module, export_onnx, photo_hash, quantize_int8, weights_path)
 from tasks.atomic import atomic_write
 from models.image_preprocess import (  # noqa: F401
-    NATIVE_SIZE, PREPROCESSING, RESAMPLE, ImageLike, load, load_views, preprocess, to_rgb)
+    NATIVE_SIZE, PREPROCESSING, RESAMPLE, ImageLike, decode_views, load, load_views, preprocess, to_rgb)
 
 
 @dataclass(frozen=True)
@@ -287,17 +287,23 @@ def _stream(fn, images: Iterable, batch_size: int, workers: int) -> Iterator:
 
 def encode_views(
     encoders: Sequence[ImageEncoder], images: Iterable[ImageLike], batch_size: int | None = None,
-    workers: int | None = None,
-) -> Iterator[list[dict[str, np.ndarray]]]:
+    workers: int | None = None, keep_decoded: bool = False,
+) -> Iterator:
     """One pass for several encoders: yield, per batch in input order, ``[encoder.run(...) for
     encoder in encoders]``.  Each photo is read and decoded once (``load_views``) and resized
     to every encoder's size; each worker thread then runs its batch through every network.
-    The same arrays as ``encoders[k].run`` on ``load(photo, encoders[k].size)``, bit for bit."""
-    sizes = [enc.size for enc in encoders]
-    first = encoders[0].config
+    The same arrays as ``encoders[k].run`` on ``load(photo, encoders[k].size)``, bit for bit.
 
-    def batch(chunk: list[ImageLike]) -> list[dict[str, np.ndarray]]:
-        views = [load_views(src, sizes) for src in chunk]
-        return [enc.run(np.stack([v[k] for v in views])) for k, enc in enumerate(encoders)]
+    ``keep_decoded``: yield ``(outputs, photos)`` instead, ``photos`` the batch's decoded,
+    upright RGB PIL images (``decode_views``), for signals that need the pixels too.
+    ``encoders`` may then be empty (decode only).  Needs ``batch_size`` and ``workers`` or at
+    least one encoder to take them from."""
+    sizes = [enc.size for enc in encoders] or [max(NATIVE_SIZE.values())]
+    first = encoders[0].config if encoders else None
+
+    def batch(chunk: list[ImageLike]):
+        decoded = [decode_views(src, sizes) for src in chunk]
+        outs = [enc.run(np.stack([v[k] for v, _ in decoded])) for k, enc in enumerate(encoders)]
+        return (outs, [img for _, img in decoded]) if keep_decoded else outs
 
     return _stream(batch, images, batch_size or first.batch_size, workers or first.workers)

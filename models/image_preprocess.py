@@ -77,12 +77,22 @@ def load_views(src: ImageLike, sizes: Sequence[int]) -> list[np.ndarray]:
     draft scale.  At 260 and 448 px the scales agree for photos whose short side is < 520 px
     (all 1100 photos here: decoded once) and differ for short sides in [520, 896), [1040,
     1792) or [2080, 3584) (decoded twice, so the arrays stay exactly ``load``'s)."""
+    return decode_views(src, sizes)[0]
+
+
+def decode_views(src: ImageLike, sizes: Sequence[int]) -> tuple[list[np.ndarray], Image.Image]:
+    """``load_views`` and the upright RGB photo they were resized from (for other signals that
+    need the pixels, e.g. faces, without reading the file again).  That photo is decoded at the
+    draft scale of the largest size: full resolution unless its short side is >= 2x that size."""
     if isinstance(src, Image.Image):
         img = _upright_rgb(src)
-        return [_resize(img, s) for s in sizes]
+        return [_resize(img, s) for s in sizes], img
     with open_photo(src) as img:
         if img.format != "JPEG" or len({_draft_scale(img.size, s) for s in sizes}) == 1:
             img.draft("RGB", (max(sizes), max(sizes)))  # a no-op for other formats, as in load
             upright = _upright_rgb(img)
-            return [_resize(upright, s) for s in sizes]
-    return [load(src, s) for s in sizes]  # different draft scales: one decode per size
+            return [_resize(upright, s) for s in sizes], upright
+        img.draft("RGB", (max(sizes), max(sizes)))
+        upright = _upright_rgb(img)
+        upright.load()  # the pixels stay usable after the file is closed
+    return [load(src, s) for s in sizes], upright  # different draft scales: one decode per size

@@ -219,20 +219,21 @@ PHOTO_FLAG_COLUMNS = ["run_id", "image", "score", "threshold", "restricted", "de
 
 
 @task(name="photo-guard", cache_policy=NO_CACHE)
-def photo_guard_task(db: Path, run_id: str, images, data_dir: Path, emb_root: Path, models_dir: Path):
+def photo_guard_task(db: Path, run_id: str, images, emb_root: Path, models_dir: Path):
     """Judge every gallery photo on every signal; audit each verdict and the signal that decided.
 
     Fits (or reuses) the guard on the train photos (``tasks/photo_guard.py``: image classifier,
     face gate, combiner, thresholds), then for each gallery photo: its own descriptions'
-    verdicts (``text_flags``), the image score, the faces (only above the gate; cached per
-    content hash under ``emb_root/faces``) and the decision, into ``photo_flags``.  A fit is
+    verdicts (``text_flags``), the image score, the faces (used only above the gate) and the
+    decision, into ``photo_flags``.  Reads what the embedding pass computed (guard view and
+    faces, by content hash under ``emb_root``); it never opens a photo file.  A fit is
     kept as ``models_dir/photo_guard/fit-<fingerprint>.safetensors`` and reused while its
     inputs, labels and settings are unchanged; each run's guard is also saved as
     ``models_dir/photo_guard/<run_id>.safetensors``.  The gallery is judged every run.
     """
     from models.child_photo import photo_inputs, view_block
     from tasks import photo_guard as pg
-    from tasks.photo_views import compute_views
+    from tasks.photo_views import cached_views
     from tasks.atomic import atomic_write_bytes
 
     log = get_run_logger()
@@ -248,8 +249,7 @@ def photo_guard_task(db: Path, run_id: str, images, data_dir: Path, emb_root: Pa
         gallery_desc = con.execute(DESCRIPTIONS_SQL, [run_id, "query"]).pl()
         train_desc = con.execute(DESCRIPTIONS_SQL, [run_id, "caption"]).pl()
     both = pl.concat([train.select("path", "sha256"), gallery.select("path", "sha256")])
-    views, view_name, n_computed = compute_views([Path(data_dir) / p for p in both["path"]], both["sha256"].to_list(),
-                                                 emb_root, Path(models_dir) / "onnx")
+    views, view_name = cached_views(both["sha256"].to_list(), emb_root, Path(models_dir) / "onnx")
 
     def inputs(split: str, names: list[str], rows: slice) -> np.ndarray:
         idx = images.rows(split, names)
@@ -273,11 +273,8 @@ def photo_guard_task(db: Path, run_id: str, images, data_dir: Path, emb_root: Pa
         for k_ in cost:
             cost[k_] += c[k_]
 
-    train_paths = [Path(data_dir) / p for p in train["path"]]
-
     def train_faces(idx: np.ndarray) -> np.ndarray:
-        frame, c = pg.face_signals([train_paths[i] for i in idx], [train_shas[i] for i in idx], face_cache,
-                                   config.faces)
+        frame, c = pg.face_signals(None, [train_shas[i] for i in idx], face_cache, config.faces)
         add_cost(c)
         return pg.face_matrix(frame)
 
@@ -295,8 +292,7 @@ def photo_guard_task(db: Path, run_id: str, images, data_dir: Path, emb_root: Pa
                    else np.zeros(0, np.float64))
     need = pg.needs_faces(image_score, model.face_gate)
     picked = np.flatnonzero(need)
-    gal_faces, c = pg.face_signals([Path(data_dir) / gallery["path"][int(i)] for i in picked],
-                                   [gallery["sha256"][int(i)] for i in picked], face_cache, config.faces)
+    gal_faces, c = pg.face_signals(None, [gallery["sha256"][int(i)] for i in picked], face_cache, config.faces)
     add_cost(c)
     face_rows = {s_: r for s_, r in zip(gal_faces["sha256"], pg.face_matrix(gal_faces))}
     empty = np.full(len(pg.FACE_FEATURES), np.nan)
@@ -332,9 +328,9 @@ def photo_guard_task(db: Path, run_id: str, images, data_dir: Path, emb_root: Pa
         append_run_rows(con, "model_metrics", run_id, pl.DataFrame(metrics).with_columns(
             pl.lit(run_id).alias("run_id"), pl.lit("photo_guard").alias("component")))
     by_signal = dict(verdicts.filter(pl.col("restricted")).group_by("deciding_signal").len().rows())
-    log.info("photo guard (%s, %s): %d views computed; faces: %d analysed (%.1f s, %.1f CPU s), %d cached; "
+    log.info("photo guard (%s, %s): faces: %d analysed (%.1f s, %.1f CPU s), %d from the embedding pass; "
              "image threshold %.4f, face gate %.4f, combined threshold %.4f; %d of %d gallery photos restricted %s",
-             fingerprint, "inputs unchanged: reused" if reused else "fitted", n_computed, cost["faces_analysed"],
+             fingerprint, "inputs unchanged: reused" if reused else "fitted", cost["faces_analysed"],
              cost["face_seconds"], cost["face_cpu_seconds"], cost["faces_from_cache"], model.image_threshold,
              model.face_gate, model.threshold, int(verdicts["restricted"].sum()), len(names), by_signal)
     model.fingerprint, model.reused = fingerprint, reused

@@ -158,13 +158,14 @@ def shard_bounds(n: int, per_shard: int, min_shards: int = 1) -> list[tuple[int,
 @task(name="embed-image-shard", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def embed_image_shard(paths: list[str], shas: list[str], emb_root: str, onnx_cache: str,
                       workers: int | None = None) -> int:
-    """Embed one shard of photos, both views in one pass (relevance and photo guard: each
-    photo decoded once), into their own Parquet part(s) of both caches; returns how many.
-    ``workers``: encoder threads (None: one per core)."""
-    from tasks.embed import embed_photos, photo_encoders
+    """Embed one shard of photos, both views and the face signal in one pass (relevance, photo
+    guard, faces: each photo read and decoded once), into their own Parquet part(s) of each
+    cache; returns how many.  ``workers``: encoder threads and face processes (None: one per core)."""
+    from tasks.embed import FACES, embed_photos, photo_encoders
 
     # The flow built the ONNX exports (and int8 models) before mapping: here they are only loaded.
-    return embed_photos(paths, shas, Path(emb_root), photo_encoders(Path(onnx_cache)), workers=workers)
+    return embed_photos(paths, shas, Path(emb_root), photo_encoders(Path(onnx_cache)), workers=workers,
+                        faces=FACES)
 
 
 def encoder_workers(tr: TaskRunner) -> int | None:
@@ -180,13 +181,14 @@ def encoder_workers(tr: TaskRunner) -> int | None:
 
 def fill_image_cache(tr: TaskRunner, db: Path, data_dir: Path, emb_root: Path, onnx_cache: Path,
                      config: ShardConfig = ShardConfig()) -> int:
-    """Embed the valid photos either cache lacks (relevance view, guard view), in mapped
-    shards; returns how many photos were embedded.
+    """Embed the valid photos any cache lacks (relevance view, guard view, faces), in mapped
+    shards; returns how many photos were decoded.  The only stage after ingest that opens
+    photo files: later stages read these caches.
 
     Runs in the flow before ``embed_images_task`` and ``photo_guard_task``, which then find
     every photo cached.
     """
-    from tasks.embed import photo_encoders
+    from tasks.embed import FACES, face_cache_dir, photo_encoders
     from tasks.embedding_cache import calibration_sample, encoder_dir
     from tasks.warehouse import connect
 
@@ -199,6 +201,7 @@ def fill_image_cache(tr: TaskRunner, db: Path, data_dir: Path, emb_root: Path, o
     # sample of these photos) exist before the shards, which each open their own sessions.
     encoders = photo_encoders(onnx_cache, calibration_sample(paths, shas_all))
     have = [cached_keys(encoder_dir(emb_root, kind, enc.name)) for kind, enc in encoders.items()]
+    have.append(cached_keys(face_cache_dir(emb_root, FACES)))
     todo: dict[str, str] = {}
     for path, sha in zip(paths, shas_all):
         if any(sha not in h for h in have):
@@ -223,6 +226,6 @@ def fill_image_cache(tr: TaskRunner, db: Path, data_dir: Path, emb_root: Path, o
                 progress.advance(b - a)
     else:
         done = 0
-    get_run_logger().info("image cache: %d photos embedded (relevance + guard views) in %d shards, %d already cached",
+    get_run_logger().info("image cache: %d photos decoded (relevance + guard views, faces) in %d shards, %d already cached",
                           done, len(bounds), len(photos) - len(shas))
     return done

@@ -14,9 +14,10 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from models.face_age import FaceAgeConfig, FaceAnalyser
 from models.image_encoder import ImageEncoder, ImageEncoderConfig, ImageLike, default_precision, encode_views
-from tasks.embedding_cache import (cached_keys, calibration_sample, embed_with_cache, encoder_dir, text_sha,
-                                   unique_contents, write_part)
+from tasks.embedding_cache import (FACES, cached_keys, calibration_sample, embed_with_cache, encoder_dir,  # noqa: F401
+                                   face_cache_dir, text_sha, unique_contents, write_part)
 from tasks.warehouse import connect
 
 
@@ -68,41 +69,60 @@ def photo_encoders(onnx_cache: Path, calibration: Sequence[ImageLike] | None = N
 
 
 def embed_photos(paths: Sequence[ImageLike], shas: Sequence[str], emb_root: Path,
-                 encoders: dict[str, ImageEncoder], chunk_size: int = 256, workers: int | None = None) -> int:
+                 encoders: dict[str, ImageEncoder], chunk_size: int = 256, workers: int | None = None,
+                 faces: FaceAgeConfig | None = None) -> int:
     """Fill every encoder's content-hash cache (``emb_root/<kind>/<encoder name>/``) for these
-    photos in one pass: each photo missing anywhere is decoded once and fed to every network
-    that lacks it, by the same worker thread (``encode_views``).  A part file per cache is
-    written every ``chunk_size`` photos.  ``workers``: worker threads (default: the encoders',
-    one per core).  Returns how many photos were decoded."""
+    photos in one pass: each photo missing anywhere is read and decoded once and fed to every
+    network that lacks it, by the same worker thread (``encode_views``).  With ``faces``, the
+    same decoded photo also goes to the face signal (``FaceAnalyser``, worker processes) for
+    the face cache (``face_cache_dir``), so no later stage opens the photo again.  A part file
+    per cache is written every ``chunk_size`` photos.  ``workers``: encoder threads (default:
+    the encoders', one per core; also the face processes).  Returns how many photos were
+    decoded.  A photo whose face analysis fails is left out of the face cache (a missing
+    signal: the guard fails closed) and is decoded again by the next run."""
     folders = {kind: encoder_dir(emb_root, kind, enc.name) for kind, enc in encoders.items()}
+    if faces is not None:
+        folders["faces"] = face_cache_dir(emb_root, faces)
     have = {kind: cached_keys(folder) for kind, folder in folders.items()}
     first = unique_contents(paths, shas)
     groups: dict[tuple[str, ...], list[str]] = {}  # which caches lack it -> contents
     for sha in sorted(first):
-        kinds = tuple(kind for kind in encoders if sha not in have[kind])
+        kinds = tuple(kind for kind in folders if sha not in have[kind])
         if kinds:
             groups.setdefault(kinds, []).append(sha)
-    for kinds, todo in groups.items():
-        encs = [encoders[kind] for kind in kinds]
-        pending: list[list[dict[str, np.ndarray]]] = []  # per batch, per encoder
-        done = 0
+    total = sum(len(todo) for todo in groups.values())
+    with FaceAnalyser(faces or FaceAgeConfig(), workers, expected=total) as analyser:
+        for kinds, todo in groups.items():
+            nets = [k for k in kinds if k != "faces"]
+            encs = [encoders[kind] for kind in nets]
+            # Per batch: the networks' outputs, a future of its face vectors, its photo count.
+            pending: list[tuple[list[dict[str, np.ndarray]], object, int]] = []
+            done = 0
 
-        def flush() -> None:
-            nonlocal pending, done
-            n = sum(len(batch[0]["features"]) for batch in pending)
-            for k, kind in enumerate(kinds):
-                write_part(folders[kind], todo[done : done + n],
-                           {o: np.concatenate([batch[k][o] for batch in pending]) for o in encs[k].outputs})
-            pending, done = [], done + n
+            def flush() -> None:
+                nonlocal pending, done
+                n = sum(batch[2] for batch in pending)
+                for k, kind in enumerate(nets):
+                    write_part(folders[kind], todo[done : done + n],
+                               {o: np.concatenate([batch[0][k][o] for batch in pending]) for o in encs[k].outputs})
+                if "faces" in kinds:  # waits for the face workers to catch up with this chunk
+                    vecs = [v for batch in pending for v in batch[1].result()]
+                    ok = [i for i, v in enumerate(vecs) if v is not None]
+                    if ok:
+                        write_part(folders["faces"], [todo[done + i] for i in ok],
+                                   {"faces": np.stack([np.asarray(vecs[i], np.float32) for i in ok])})
+                pending, done = [], done + n
 
-        # One stream over every photo (no drain at part boundaries): the workers stay busy.
-        for outs in encode_views(encs, [first[s] for s in todo], workers=workers):
-            pending.append(outs)
-            if sum(len(batch[0]["features"]) for batch in pending) >= chunk_size:
+            # One stream over every photo (no drain at part boundaries): the workers stay busy.
+            stream = encode_views(encs, [first[s] for s in todo], keep_decoded=True,
+                                  batch_size=None if encs else 8, workers=workers or (None if encs else 2))
+            for outs, photos in stream:
+                pending.append((outs, analyser.submit(photos) if "faces" in kinds else None, len(photos)))
+                if sum(batch[2] for batch in pending) >= chunk_size:
+                    flush()
+            if pending:
                 flush()
-        if pending:
-            flush()
-    return sum(len(todo) for todo in groups.values())
+    return total
 
 
 def quiet_libraries() -> None:
@@ -171,7 +191,7 @@ def embed_images_task(db: Path, data_dir: Path, emb_root: Path, onnx_cache: Path
     paths = [data_dir / p for p in photos["path"]]
     shas = photos["sha256"].to_list()
     encoders = photo_encoders(onnx_cache, calibration_sample(paths, shas))
-    n = embed_photos(paths, shas, emb_root, encoders)  # nothing left after fill_image_cache's shards
+    n = embed_photos(paths, shas, emb_root, encoders, faces=FACES)  # nothing left after fill_image_cache's shards
     enc = encoders["image"]
 
     def compute(idx: list[int]):  # only if a photo vanished from the cache in between

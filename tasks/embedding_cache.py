@@ -18,8 +18,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from models.face_age import FaceAgeConfig
 from models.image_encoder import CALIBRATION_PHOTOS, ImageLike
 from tasks.atomic import atomic_write_parquet
+
+# The face signal the photo guard reads (tasks/photo_guard.py GuardConfig.faces), computed by
+# the embedding pass from the same decoded photo as the image views (tasks/embed.py).
+FACES = FaceAgeConfig()
 
 # compute(indices) yields (indices done, {output name: array [len(indices done), dim]}).
 Compute = Callable[[list[int]], Iterator[tuple[list[int], dict[str, np.ndarray]]]]
@@ -31,6 +36,11 @@ def text_sha(text: str) -> str:
 
 def encoder_dir(root: Path, kind: str, encoder_name: str) -> Path:
     return root / kind / re.sub(r"[^A-Za-z0-9.@_-]+", "_", encoder_name)
+
+
+def face_cache_dir(emb_root: Path, config: FaceAgeConfig = FACES) -> Path:
+    """``emb_root/faces/<config name>/``: face vectors (``models.face_age.FEATURES``) by content hash."""
+    return encoder_dir(emb_root, "faces", config.name)
 
 
 def cached_keys(folder: Path) -> set[str]:

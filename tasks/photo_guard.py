@@ -50,13 +50,15 @@ from models.signal_combiner import CombinerConfig, SignalCombiner, combiner_inpu
 from tasks.guard_fit import (CV_FOLDS, CV_REPEATS, LEGAL_RECALL_FLOOR, THRESHOLD_CONFIDENCE, PhotoGuard,
                               conservative_threshold, cv_folds, cv_splits, recall_lower_bound, roc_auc)
 from tasks.config import SEED
+from tasks.embedding_cache import FACES, face_cache_dir  # noqa: F401  (face_cache_dir: for the guard's callers)
 
 DECIDING_SIGNALS = ("description", "missing_signal", "image_classifier", "face_age")
 
 
 @dataclass(frozen=True)
 class GuardConfig:
-    faces: FaceAgeConfig = field(default_factory=FaceAgeConfig)
+    # The face signal the embedding pass computed (tasks/embed.py FACES): the cache it reads.
+    faces: FaceAgeConfig = field(default_factory=lambda: FACES)
     combiner: CombinerConfig = field(default_factory=CombinerConfig)
     # Faces are looked at only for photos scoring at or above the image score that keeps
     # this out-of-fold recall on the train photos' child photos (1.0: every photo above the
@@ -94,27 +96,23 @@ def description_signals(images: Sequence[str], descriptions: pl.DataFrame) -> pl
         pl.col("n_descriptions").fill_null(0), pl.col("descriptions_flagged").fill_null(0))
 
 
-def face_cache_dir(emb_root: Path, config: FaceAgeConfig) -> Path:
-    from tasks.embedding_cache import encoder_dir
-
-    return encoder_dir(emb_root, "faces", config.name)
-
-
-def face_signals(paths: Sequence[Path], sha256s: Sequence[str], cache: Path | None = None,
+def face_signals(paths: Sequence[Path] | None, sha256s: Sequence[str], cache: Path | None = None,
                  config: FaceAgeConfig = FaceAgeConfig(), workers: int | None = None) -> tuple[pl.DataFrame, dict]:
     """Face vectors (``models.face_age.FEATURES``) per photo, rows aligned with ``sha256s``.
 
-    Cached per content hash under ``cache`` (parquet parts, like the embeddings): only
-    contents not seen before are analysed.  A photo that could not be analysed has nulls
-    (a missing signal) and is not cached, so the next run tries again.  Also returns the
-    cost: photos analysed, photos from the cache, seconds (wall and CPU of this process and
-    its workers)."""
+    Cached per content hash under ``cache`` (parquet parts, like the embeddings; the run's
+    embedding pass fills it, ``tasks/embed.py``): only contents not found there are analysed,
+    from ``paths``; with ``paths=None`` nothing is analysed and a photo not in the cache is
+    missing.  A photo that could not be analysed (or is missing) has nulls (a missing
+    signal: the guard fails closed) and is not cached, so the next run tries again.  Also
+    returns the cost: photos analysed, photos from the cache, seconds (wall and CPU of this
+    process and its workers)."""
     from models.face_age import analyse_photos
     from tasks.embedding_cache import load_cached, unique_contents, write_part
 
     shas = list(sha256s)
     cached = load_cached(cache, shas, ["faces"])["faces"] if cache is not None else {}
-    todo = {s: p for s, p in unique_contents(list(paths), shas).items() if s not in cached}
+    todo = {} if paths is None else {s: p for s, p in unique_contents(list(paths), shas).items() if s not in cached}
     t0, c0 = time.perf_counter(), _cpu_seconds()
     fresh: dict[str, np.ndarray] = {}
     if todo:

@@ -9,8 +9,8 @@ mean- and max-pooled head activations and the ImageNet logits of the mean.
 
 The embedding step (``tasks/embed.py``: ``embed_photos``, also in the mapped shards of
 ``tasks/distributed.py``) computes this view in the same pass as the relevance view, from
-the same decoded photo; ``compute_views`` then reads the cache and computes only what is
-still missing (photos the embedding step did not see).
+the same decoded photo; the guard reads it with ``cached_views``.  ``compute_views`` (the
+benchmarks) computes what a cache lacks.
 
 Layout: ``warehouse/embeddings/photo_guard/<view name>/part-*.parquet`` (the same
 content-hash cache as the relevance embeddings, in its own folder, so the two never
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from models.image_encoder import ImageEncoder, ImageEncoderConfig, ImageLike, default_precision, encode_views
-from tasks.embedding_cache import calibration_sample, embed_with_cache, encoder_dir
+from tasks.embedding_cache import calibration_sample, embed_with_cache, encoder_dir, load_cached
 
 # int8, like the relevance view: in a cold reindex of the 1100 photos (both views int8) the
 # guard's out-of-fold AUC moved 0.9016 -> 0.9001 and its test recall 0.955 -> 0.977 (bar: AUC
@@ -52,6 +52,22 @@ class PhotoViews:
     def rows(self, split: str, images: Sequence[str]) -> np.ndarray:
         where = {k: i for i, k in enumerate(self.keys)}
         return np.array([where[(split, i)] for i in images], dtype=np.int64)
+
+
+def cached_views(shas: Sequence[str], emb_root: Path, onnx_cache: Path,
+                 view: ImageEncoderConfig = GUARD_VIEW) -> tuple[dict[str, np.ndarray], str]:
+    """The guard view of every photo (rows aligned with ``shas``; ``OUTPUTS`` -> [n, d] float32)
+    as the embedding pass cached it, and the view's name.  Raises ``LookupError`` naming the
+    first missing content hash: the embedding stage embeds every valid photo first, so a
+    miss is a bug or a cache deleted mid-run, never something to recompute here."""
+    enc = guard_encoder(onnx_cache, None, view)
+    found = load_cached(encoder_dir(emb_root, "photo_guard", enc.name), list(shas), list(enc.outputs))
+    missing = [s for s in shas if s not in found[enc.outputs[0]]]
+    if missing:
+        raise LookupError(f"{len(missing)} photos have no cached guard view (first: {missing[0]}): "
+                          "the embedding stage must run first")
+    return {o: np.stack([found[o][s] for s in shas]).astype(np.float32) if len(shas)
+            else np.zeros((0, 0), np.float32) for o in enc.outputs}, enc.name
 
 
 def compute_views(paths: Sequence[Path], shas: Sequence[str], emb_root: Path, onnx_cache: Path,

@@ -2,13 +2,14 @@
 
     warehouse/reports/<run_id>/index.html      the page (no server, no network, no JS library)
     warehouse/reports/<run_id>/thumbs/*.jpg    small thumbnails of the photos it shows
+    warehouse/reports/thumbs/<px>px/*.jpg      the same thumbnails by content hash, kept across runs
 
 The page (``tasks/templates/report.html.j2``) opens with what changed since the previous
 published run (the same facts as the run page's summary artifact, ``tasks/run_changes.py``),
 then shows, for a sample of saved queries, the top-k photos with their scores; the law
 applies as in the results table: a blocked query shows the disclaimer instead of results,
-a restricted photo keeps its rank but shows the disclaimer, and no thumbnail of it is ever
-written.  Two charts (matplotlib, ``tasks/report_charts.py``) show how the scores of matching
+a restricted photo is never shown (the first card of its query says, with the disclaimer,
+that images were withheld), and no thumbnail of it is ever written or kept.  Two charts (matplotlib, ``tasks/report_charts.py``) show how the scores of matching
 and non-matching pairs separate and the retrieval curve of every head, on the same queries as
 the recall figures: all test queries, the compliance filter off.
 
@@ -126,6 +127,27 @@ def write_thumbnail(src: Path, dest: Path, px: int) -> None:
         atomic_write(dest, lambda tmp: im.save(tmp, format="JPEG", quality=80, optimize=True))
 
 
+def thumbnail_store(wh: Warehouse, px: int) -> Path:
+    """``reports/thumbs/<px>px/``: thumbnails of photos some run's report showed, by content
+    hash (first 20 hex digits), so a photo's file is read for its thumbnail once, not per run."""
+    return wh.reports_dir / "thumbs" / f"{px}px"
+
+
+def copy_into(src: Path, dest: Path) -> None:
+    """``dest`` as a hard link to ``src`` (a copy across file systems): each run's report
+    folder stays whole on its own."""
+    import os
+    import shutil
+
+    if dest.exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
 def sample_cards(results: pl.DataFrame, sample: list[str], written_for: dict, thumbs: dict[str, str]) -> list[dict]:
     """What the template draws per sampled query (blocked, or its photos in rank order)."""
     cards = []
@@ -236,14 +258,19 @@ def build_report(db: Path, run_id: str, wh: Warehouse, data_dir: Path, model, su
     info = {r["image"]: r for r in gallery.iter_rows(named=True)}
     wanted = results.filter(pl.col("query_id").is_in(sample) & pl.col("shown") & pl.col("image").is_not_null())
     thumbs = {}
+    store = thumbnail_store(wh, config.thumb_px)
+    # The store may hold a photo shown by an earlier run that this run's guard restricts.
+    for sha in gallery.filter(pl.col("restricted"))["sha256"]:
+        (store / f"{sha[:20]}.jpg").unlink(missing_ok=True)
     for image in sorted(set(wanted["image"])):
         g = info.get(image)
         if g is None or g["restricted"]:
             continue
         name = f"{g['sha256'][:20]}.jpg"
-        dest = out / "thumbs" / name
-        if not dest.exists():
-            write_thumbnail(Path(data_dir) / g["path"], dest, config.thumb_px)
+        kept = store / name
+        if not kept.exists():  # the photo file is opened only the first time it is shown
+            write_thumbnail(Path(data_dir) / g["path"], kept, config.thumb_px)
+        copy_into(kept, out / "thumbs" / name)
         thumbs[image] = f"thumbs/{name}"
     page = render_html(run, summary, digest, sample_cards(results, sample, written_for, thumbs), figures, metrics,
                        config)

@@ -10,7 +10,9 @@ inputs need.
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import duckdb
@@ -109,6 +111,36 @@ def assert_same(a: pl.DataFrame, b: pl.DataFrame, what: str) -> None:
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5, equal_nan=True, err_msg=f"{what}.{c}")
 
 
+class OpenedFiles:
+    """Paths opened (PEP 578 ``open`` audit events: ``open()``, ``os.open``, Pillow) by this
+    process and its threads while recording, under ``root``.  An audit hook cannot be
+    removed, so one hook is installed per test session and records only inside ``with``."""
+
+    active: "OpenedFiles | None" = None
+    installed = False
+
+    def __init__(self, root: Path):
+        self.root, self.paths = str(root.resolve()), []
+        if not OpenedFiles.installed:
+            sys.addaudithook(OpenedFiles._hook)
+            OpenedFiles.installed = True
+
+    @staticmethod
+    def _hook(event: str, args: tuple) -> None:
+        rec = OpenedFiles.active
+        if rec is not None and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            path = os.path.abspath(os.fsdecode(args[0]))
+            if path.startswith(rec.root):
+                rec.paths.append(path)
+
+    def __enter__(self) -> "OpenedFiles":
+        OpenedFiles.active = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        OpenedFiles.active = None
+
+
 @pytest.fixture(scope="module")
 def grown(tmp_path_factory) -> dict:
     from flows.reindex import reindex
@@ -126,14 +158,16 @@ def grown(tmp_path_factory) -> dict:
     first = reindex(data_dir=data, warehouse_dir=wh1, top_k=TOP_K)
     added = grow(data, bigger)
     second = reindex(data_dir=data, warehouse_dir=wh1, top_k=TOP_K)
-    third = reindex(data_dir=data, warehouse_dir=wh1, top_k=TOP_K)
+    with OpenedFiles(data) as opened_by_third:
+        third = reindex(data_dir=data, warehouse_dir=wh1, top_k=TOP_K)
     # The same encoders: the int8 image models are calibrated once per warehouse, on the
     # photos of its first run (tasks/embed.py calibration_sample), so a warehouse started
     # on A+B would calibrate other int8 models and compute other vectors.  The cold run
     # starts with warehouse 1's ONNX models and nothing else: no embeddings, no fits.
     shutil.copytree(wh1 / "models" / "onnx", wh2 / "models" / "onnx")
     cold = reindex(data_dir=bigger, warehouse_dir=wh2, top_k=TOP_K)
-    return {"wh1": wh1, "wh2": wh2, "added": added, "runs": (first, second, third), "cold": cold}
+    return {"wh1": wh1, "wh2": wh2, "added": added, "runs": (first, second, third), "cold": cold,
+            "opened_by_third": opened_by_third.paths}
 
 
 @pytest.mark.parametrize("table", CURRENT + HISTORY)
@@ -176,6 +210,28 @@ def test_no_change_run_reuses_every_stage(grown):
                         "dbt_before_text_flags", "dbt_after_text_flags", "dbt_before_publish"}
     assert got == {stage: second["run_id"] for stage in got}, got
     assert third["reused"] == got
+
+
+def test_no_change_run_opens_no_photo_file(grown):
+    # Ingest knows every file by size and mtime; embeddings, faces and report thumbnails come
+    # from content-keyed stores in the warehouse.  Only the source files are read again.
+    photos = [p for p in grown["opened_by_third"] if "/train_images/" in p or "/test_images/" in p]
+    assert photos == []
+    assert grown["opened_by_third"], "the recorder saw no file at all: it would prove nothing"
+
+
+def test_report_thumbnails_come_from_the_store_and_never_show_a_restricted_photo(grown):
+    import duckdb
+
+    _, _, third = grown["runs"]
+    store = grown["wh1"] / "reports" / "thumbs" / "160px"
+    run_thumbs = list((grown["wh1"] / "reports" / third["run_id"] / "thumbs").iterdir())
+    assert run_thumbs and all((store / p.name).exists() for p in run_thumbs)
+    with duckdb.connect(str(grown["wh1"] / "with_sense.duckdb"), read_only=True) as con:
+        restricted = {r[0][:20] for r in con.execute("""SELECT p.sha256 FROM photo_flags f
+            JOIN stg_photos p ON p.split = 'test' AND p.image = f.image WHERE f.run_id = ? AND f.restricted""", [third["run_id"]]).fetchall()}
+    assert restricted, "the tiny data restricts photos: the check would prove nothing"
+    assert not restricted & {p.stem for p in store.iterdir()}
 
 
 def test_unchanged_photos_are_not_read_again(tmp_path, monkeypatch):

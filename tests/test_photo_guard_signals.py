@@ -272,3 +272,52 @@ def test_real_faces_parallel_equals_serial(real_data):
     parallel = analyse_photos(paths, FaceAgeConfig(), workers=2)
     for a, b in zip(serial, parallel):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.integration
+def test_embedding_pass_computes_faces_from_the_photo_it_decoded(real_data, tmp_path):
+    """embed_photos with ``faces``: one open of each photo file fills the relevance cache and the
+    face cache, with the same vectors ``analyse_photo`` gives the file; the guard then reads
+    faces without paths; a second pass decodes nothing."""
+    import os
+    import shutil
+    import sys
+
+    from models.face_age import FaceAnalyser
+    from tasks.embed import embed_photos, image_encoder
+    from tasks.embedding_cache import face_cache_dir
+
+    names = ["1490670858_e122df2560.jpg", "2490768374_45d94fc658.jpg", "1119015538_e8e796281e.jpg"]
+    for n in names:
+        shutil.copy(real_data / "train_images" / n, tmp_path / n)
+    paths = [tmp_path / n for n in names]
+    shas = ["a" * 64, "b" * 64, "c" * 64]
+    opened: list[str] = []
+    root = str(tmp_path)
+    recording = [True]
+
+    def hook(event, args):
+        if recording[0] and event == "open" and isinstance(args[0], (str, os.PathLike)) \
+                and os.fspath(args[0]).startswith(root) and os.fspath(args[0]).endswith(".jpg"):
+            opened.append(os.fspath(args[0]))
+
+    sys.addaudithook(hook)  # cannot be removed: it stops recording at the end of the test
+    try:
+        emb = tmp_path / "emb"
+        encoders = {"image": image_encoder(tmp_path / "onnx")}
+        config = FaceAgeConfig()
+        assert embed_photos(paths, shas, emb, encoders, faces=config) == 3
+        assert sorted(opened) == sorted(map(str, paths))   # each photo file read once
+        frame, cost = face_signals(None, shas, face_cache_dir(emb, config), config)
+        assert cost["faces_analysed"] == 0 and cost["faces_from_cache"] == 3
+        with FaceAnalyser(config, workers=1) as analyser:
+            direct = analyser.map([real_data / "train_images" / n for n in names])
+        for row, want in zip(frame.iter_rows(), direct):
+            np.testing.assert_array_equal(np.array(row[1:], np.float64), np.asarray(want, np.float32).astype(np.float64))
+        assert min(frame["faces_under_16"].to_list()[:2]) >= 1   # the two photos with a child's face
+        opened.clear()
+        assert embed_photos(paths, shas, emb, encoders, faces=config) == 0 and opened == []
+        missing, _ = face_signals(None, ["d" * 64], face_cache_dir(emb, config), config)
+        assert missing["n_faces"].to_list() == [None]   # not in the cache and no path: missing, fail closed
+    finally:
+        recording[0] = False
