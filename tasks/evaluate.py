@@ -152,7 +152,7 @@ def evaluate_retrieval_task(db: Path, run_id: str, images, texts, model) -> dict
     where_p = "protocol IN (" + ", ".join(f"'{p}'" for p in PROTOCOLS) + ")"
     with connect(db) as con:
         q = con.execute("""
-            SELECT q.query_id, q.query_text, q.written_for_image, coalesce(f.flagged, true) AS blocked
+            SELECT q.query_id, q.query_text, q.described_image, coalesce(f.flagged, true) AS blocked
             FROM stg_test_queries q
             LEFT JOIN text_flags f ON f.run_id = ? AND f.text_kind = 'query' AND f.text_id = q.query_id
             ORDER BY q.query_id""", [run_id]).pl()
@@ -177,10 +177,10 @@ def evaluate_retrieval_task(db: Path, run_id: str, images, texts, model) -> dict
             get_run_logger().info("retrieval: inputs unchanged since run %s (%s): figures reused", prev, fp)
             return out
     pos = {g: i for i, g in enumerate(gallery)}
-    keep = [i for i, w in enumerate(q["written_for_image"]) if w in pos]
+    keep = [i for i, w in enumerate(q["described_image"]) if w in pos]
     img = images.features[images.rows("test", gallery)]
     txt = texts.vectors[texts.rows([q["query_text"][i] for i in keep])]
-    correct = np.array([pos[q["written_for_image"][i]] for i in keep], dtype=np.int64)
+    correct = np.array([pos[q["described_image"][i]] for i in keep], dtype=np.int64)
     scores = {h: model.score_matrix(img, txt, h) for h in HEADS}
     out = {h: retrieval_metrics(s, correct) for h, s in scores.items()}
     rows = [{"head": h, "protocol": "test_queries_filter_off", "metric": m, "value": v}

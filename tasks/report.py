@@ -128,7 +128,7 @@ def write_thumbnail(src: Path, dest: Path, px: int) -> None:
     tmp.replace(dest)
 
 
-def sample_cards(results: pl.DataFrame, sample: list[str], written_for: dict, thumbs: dict[str, str]) -> list[dict]:
+def sample_cards(results: pl.DataFrame, sample: list[str], described_image: dict, thumbs: dict[str, str]) -> list[dict]:
     """What the template draws per sampled query (blocked, or its photos in rank order)."""
     cards = []
     for qid in sample:
@@ -142,7 +142,7 @@ def sample_cards(results: pl.DataFrame, sample: list[str], written_for: dict, th
             for r in rows.iter_rows(named=True):
                 shown = bool(r["shown"]) and r["image"] in thumbs
                 card["photos"].append({"rank": r["rank"], "score": r["score"], "shown": shown, "image": r["image"],
-                                       "thumb": thumbs.get(r["image"]), "target": r["image"] == written_for.get(qid)})
+                                       "thumb": thumbs.get(r["image"]), "target": r["image"] == described_image.get(qid)})
             card["n_hidden"] = sum(not p["shown"] for p in card["photos"])
         cards.append(card)
     return cards
@@ -201,8 +201,8 @@ def _results(con, run_id: str) -> pl.DataFrame:
 
 def evaluation_queries(con) -> pl.DataFrame:
     """Test queries whose photo is in the gallery, by query_id: what the recall figures use."""
-    return con.execute("""SELECT q.query_id, q.query_text, q.written_for_image FROM stg_test_queries q
-                          WHERE q.written_for_image IN (SELECT image FROM gallery) ORDER BY q.query_id""").pl()
+    return con.execute("""SELECT q.query_id, q.query_text, q.described_image FROM stg_test_queries q
+                          WHERE q.described_image IN (SELECT image FROM gallery) ORDER BY q.query_id""").pl()
 
 
 def build_report(db: Path, run_id: str, wh: Warehouse, data_dir: Path, model, summary: dict,
@@ -218,7 +218,7 @@ def build_report(db: Path, run_id: str, wh: Warehouse, data_dir: Path, model, su
     with connect(db, read_only=True) as con:
         run = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).pl().row(0, named=True)
         results = _results(con, run_id)
-        written_for = dict(con.execute("SELECT query_id, written_for_image FROM stg_test_queries").fetchall())
+        described_image = dict(con.execute("SELECT query_id, described_image FROM stg_test_queries").fetchall())
         queries = evaluation_queries(con)
         gallery = con.execute("""
             SELECT g.image, g.sha256, g.path, coalesce(p.restricted, true) AS restricted
@@ -230,7 +230,7 @@ def build_report(db: Path, run_id: str, wh: Warehouse, data_dir: Path, model, su
     pos = {g: i for i, g in enumerate(gallery["image"])}
     vecs = (np.stack([query_vecs[t] for t in queries["query_text"]]) if queries.height
             else np.zeros((0, 1), np.float32))
-    correct = np.array([pos[w] for w in queries["written_for_image"]], dtype=np.int64)
+    correct = np.array([pos[w] for w in queries["described_image"]], dtype=np.int64)
     figures = score_figures(model, gallery_feats, vecs, correct, list(HEADS), summary["head"], config.curve_max_k)
 
     sample = sample_query_ids(results, config)
@@ -247,7 +247,7 @@ def build_report(db: Path, run_id: str, wh: Warehouse, data_dir: Path, model, su
         if not dest.exists():
             write_thumbnail(Path(data_dir) / g["path"], dest, config.thumb_px)
         thumbs[image] = f"thumbs/{name}"
-    page = render_html(run, summary, digest, sample_cards(results, sample, written_for, thumbs), figures, metrics,
+    page = render_html(run, summary, digest, sample_cards(results, sample, described_image, thumbs), figures, metrics,
                        config)
     return atomic_write_bytes(page.encode("utf-8"), out / "index.html")
 

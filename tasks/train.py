@@ -68,12 +68,12 @@ class TrainingSet:
     pos_img: np.ndarray        # bridge positives: photo index
     pos_txt: np.ndarray        # bridge positives: text index
     pos_weight: np.ndarray
-    txt_home: np.ndarray       # [texts] index of the photo the text was written for, -1 if none here
+    described_image: np.ndarray  # [texts] index of the photo the text was written for, -1 if none here
 
     def fingerprint(self, config: TrainConfig) -> str:
         h = hashlib.sha256(f"format {MODEL_FORMAT}|".encode())
         for a in (self.img, self.txt, self.pair_img, self.pair_txt, self.target, self.weight,
-                  self.pos_img, self.pos_txt, self.pos_weight, self.txt_home):
+                  self.pos_img, self.pos_txt, self.pos_weight, self.described_image):
             h.update(np.ascontiguousarray(a).tobytes())
         h.update(json.dumps(asdict(config), sort_keys=True).encode())
         return h.hexdigest()[:16]
@@ -85,12 +85,12 @@ def build_training_set(pairs: pl.DataFrame, positives: pl.DataFrame,
                        config: TrainConfig = TrainConfig()) -> TrainingSet:
     """``pairs``: training_pairs mart rows; ``positives``: (image, caption_text) known matches.
 
-    Both carry ``caption_image``, the photo each caption was written for.
+    Both carry ``described_image``, the photo each caption was written for.
     """
-    home = np.full(len(txt), -1, dtype=np.int64)
+    described = np.full(len(txt), -1, dtype=np.int64)
     for frame in (pairs, positives):
-        for t, ci in zip(frame["caption_text"], frame["caption_image"]):
-            home[txt_index[t]] = img_index.get(ci, -1)
+        for t, di in zip(frame["caption_text"], frame["described_image"]):
+            described[txt_index[t]] = img_index.get(di, -1)
     pi = np.array([img_index[i] for i in pairs["image"]], dtype=np.int64)
     pt = np.array([txt_index[t] for t in pairs["caption_text"]], dtype=np.int64)
     expert = pairs.select("expert_1", "expert_2", "expert_3").to_numpy().astype(np.float64)
@@ -108,7 +108,7 @@ def build_training_set(pairs: pl.DataFrame, positives: pl.DataFrame,
         pos_img=np.array([img_index[i] for i in pos["image"]], dtype=np.int64),
         pos_txt=np.array([txt_index[t] for t in pos["caption_text"]], dtype=np.int64),
         pos_weight=pos["w"].to_numpy().astype(np.float64),
-        txt_home=home,
+        described_image=described,
     )
 
 
@@ -163,7 +163,7 @@ def caption_folds(ts: TrainingSet, photo_fold: np.ndarray, k: int, seed: int) ->
     """A caption shares the fold of the photo it was written for (hashed when unknown)."""
     rng = np.random.default_rng(seed + 7)
     fallback = rng.integers(0, k, size=len(ts.txt))
-    return np.where(ts.txt_home >= 0, photo_fold[np.maximum(ts.txt_home, 0)], fallback)
+    return np.where(ts.described_image >= 0, photo_fold[np.maximum(ts.described_image, 0)], fallback)
 
 
 def fold_split(ts: TrainingSet, folds: np.ndarray, tfolds: np.ndarray, k: int, strict_captions: bool
@@ -217,7 +217,7 @@ def cross_validate(ts: TrainingSet, config: TrainConfig, strict_captions: bool =
             oof[name][rows] = s
         if strict_captions:
             gallery = np.flatnonzero(~photo_ok)
-            own = (ts.txt_home[ts.pos_txt] == ts.pos_img) & ~photo_ok[ts.pos_img]
+            own = (ts.described_image[ts.pos_txt] == ts.pos_img) & ~photo_ok[ts.pos_img]
             queries = np.unique(ts.pos_txt[own])
             if len(queries) and len(gallery):
                 where = np.full(len(ts.img), -1)
@@ -226,7 +226,7 @@ def cross_validate(ts: TrainingSet, config: TrainConfig, strict_captions: bool =
                 x = pair_features(bridge, ts.img, ts.txt, gi.ravel(), qi.ravel(), img_text=mapped)
                 for name, s in predict_all(heads, x).items():
                     ranks[name].append(retrieval_ranks(s.reshape(len(queries), len(gallery)),
-                                                       where[ts.txt_home[queries]]))
+                                                       where[ts.described_image[queries]]))
     return CrossValidation(oof, {h: np.concatenate(r) if r else np.zeros(0) for h, r in ranks.items()})
 
 
@@ -289,7 +289,7 @@ def fit_fusions(score_oof: dict[str, np.ndarray], desc_max: np.ndarray, desc_mea
 def fusion_table(ts: TrainingSet, cv: CrossValidation, config: TrainConfig) -> tuple[dict[str, Fusion], list[dict]]:
     """Each head's fusion with the description channel, fitted on its out-of-fold scores
     (folds grouped by photo) with every pair's caption left out of its photo's descriptions."""
-    dmax, dmean = pair_description_scores(ts.txt, ts.txt_home, len(ts.img), ts.pair_img, ts.pair_txt)
+    dmax, dmean = pair_description_scores(ts.txt, ts.described_image, len(ts.img), ts.pair_img, ts.pair_txt)
     return fit_fusions(cv.oof, dmax, dmean, ts.target, ts.weight, ts.pair_img, ts.expert, ts.crowd_share,
                        config.folds, config.seed)
 
