@@ -42,6 +42,17 @@ class DescriptionSet:
 
     @classmethod
     def build(cls, owner: Sequence[int], ids: Sequence[str], vectors: np.ndarray, n_photos: int) -> "DescriptionSet":
+        """Group descriptions by photo.
+
+        Args:
+            owner: (n,) gallery row of the photo each description names.
+            ids: (n,) description ids.
+            vectors: (n, dim) text vectors; stored as float32, L2-normalised.
+            n_photos: gallery size.
+
+        Returns:
+            The set, rows sorted by ``owner`` (stable, so equal owners keep their order).
+        """
         owner = np.asarray(owner, np.int64)
         order = np.argsort(owner, kind="stable")
         v = np.asarray(vectors, np.float32).reshape(len(owner), -1)[order]

@@ -44,6 +44,7 @@ def retrieval_ranks(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
 
 
 def rank_metrics(rank: np.ndarray) -> dict[str, float]:
+    """Recall@1/5/10, MRR and ``n_queries`` from the (n,) 1-based ranks of each query's photo."""
     out = {f"recall_at_{k}": float((rank <= k).mean()) for k in (1, 5, 10)}
     out["mrr"] = float((1.0 / rank).mean())
     out["n_queries"] = float(len(rank))
@@ -51,6 +52,8 @@ def rank_metrics(rank: np.ndarray) -> dict[str, float]:
 
 
 def retrieval_metrics(scores: np.ndarray, correct: np.ndarray) -> dict[str, float]:
+    """``rank_metrics`` of ``retrieval_ranks(scores, correct)``: scores (queries, gallery), correct (queries,)
+    gallery index."""
     return rank_metrics(retrieval_ranks(scores, correct))
 
 
@@ -75,6 +78,17 @@ def threshold_for_recall(score: np.ndarray, label: np.ndarray, recall: float) ->
 
 
 def precision_recall_at(score: np.ndarray, label: np.ndarray, threshold: float) -> dict[str, float]:
+    """Flagging figures at ``score >= threshold``.
+
+    Args:
+        score: (n,) scores.
+        label: (n,) truth, truthy = positive.
+        threshold: the decision threshold.
+
+    Returns:
+        ``precision``, ``recall`` (0 when there is nothing to divide by), and the counts
+        ``flagged``, ``positives``, ``n``, all floats.
+    """
     label = label.astype(bool)
     pred = score >= threshold
     tp = float((pred & label).sum())

@@ -56,6 +56,9 @@ DECIDING_SIGNALS = ("description", "missing_signal", "image_classifier", "face_a
 
 @dataclass(frozen=True)
 class GuardConfig:
+    """Settings of the photo guard: its face detector, combiner, face gate and the legal recall target of its
+    threshold."""
+
     faces: FaceAgeConfig = field(default_factory=FaceAgeConfig)
     combiner: CombinerConfig = field(default_factory=CombinerConfig)
     # Faces are looked at only for photos scoring at or above the image score that keeps
@@ -95,6 +98,7 @@ def description_signals(images: Sequence[str], descriptions: pl.DataFrame) -> pl
 
 
 def face_cache_dir(emb_root: Path, config: FaceAgeConfig) -> Path:
+    """Folder of the cached face vectors for ``config`` under the embedding cache ``emb_root``."""
     from tasks.embedding_cache import encoder_dir
 
     return encoder_dir(emb_root, "faces", config.name)
@@ -175,14 +179,22 @@ class GuardModel:
 
     @property
     def image_threshold(self) -> float:
+        """The image classifier's own legal threshold (a probability)."""
         return self.image.threshold
 
     def state_dict(self) -> dict[str, np.ndarray]:
+        """All arrays for safetensors: the classifier's under ``image.``, the combiner's under ``combiner.``,
+        plus ``face_gate`` and ``threshold`` ((1,) float64 each)."""
         return {**{f"image.{k}": v for k, v in self.image.state_dict().items()}, **self.combiner.state_dict(),
                 "face_gate": np.array([self.face_gate], np.float64), "threshold": np.array([self.threshold], np.float64)}
 
     @classmethod
     def from_state_dict(cls, d: dict[str, np.ndarray], config: GuardConfig) -> "GuardModel":
+        """Inverse of ``state_dict``; ``config`` must be the one it was fitted with.
+
+        Raises:
+            KeyError: an array is missing from ``d``.
+        """
         image = PhotoGuard.from_state_dict({k[6:]: v for k, v in d.items() if k.startswith("image.")})
         return cls(image, SignalCombiner.from_state_dict(d, config.combiner),
                    float(np.asarray(d["face_gate"]).reshape(-1)[0]), float(np.asarray(d["threshold"]).reshape(-1)[0]),

@@ -41,6 +41,8 @@ HEAD_ORDER = ("bridge", "lgbm", "mlp")
 
 @dataclass(frozen=True)
 class ReportConfig:
+    """What the run report shows: how many query cards, thumbnail size in pixels, curve and histogram extents."""
+
     sample_queries: int = 12     # query cards on the page
     blocked_examples: int = 2    # of which at most this many blocked queries ...
     hidden_examples: int = 3     # ... and this many with a restricted photo in the top-k
@@ -312,6 +314,11 @@ def rebuild(warehouse_dir: Path, run_id: str | None = None, data_dir: Path | Non
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line entry point of ``python -m tasks.report``: rebuild a run's report, print its path.
+
+    Returns:
+        0.
+    """
     from tasks.config import resolve_warehouse_dir
 
     p = argparse.ArgumentParser(prog="python -m tasks.report", description="Rebuild a run's HTML report.")

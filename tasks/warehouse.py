@@ -45,36 +45,46 @@ class WarehouseBusy(RuntimeError):
 
 @dataclass(frozen=True)
 class Warehouse:
+    """The warehouse folder: the published database and the folders beside it."""
+
     root: Path
 
     @property
     def db_path(self) -> Path:
+        """The published DuckDB file, ``<root>/with_sense.duckdb``."""
         return self.root / DB_NAME
 
     @property
     def work_dir(self) -> Path:
+        """``<root>/.work``: runs' working copies of the database."""
         return self.root / ".work"
 
     @property
     def exports_dir(self) -> Path:
+        """``<root>/exports``: the published runs' Parquet exports."""
         return self.root / "exports"
 
     @property
     def embeddings_dir(self) -> Path:
+        """``<root>/embeddings``: the embedding cache."""
         return self.root / "embeddings"
 
     @property
     def models_dir(self) -> Path:
+        """``<root>/models``: fitted models."""
         return self.root / "models"
 
     @property
     def reports_dir(self) -> Path:
+        """``<root>/reports``: one folder of reports per run."""
         return self.root / "reports"
 
     def work_db_path(self, run_id: str) -> Path:
+        """Run ``run_id``'s working copy of the database in ``work_dir``."""
         return self.work_dir / f"{run_id}.duckdb"
 
     def ensure(self) -> None:
+        """Create the root, work, exports, embeddings and models folders if missing."""
         for d in (self.root, self.work_dir, self.exports_dir, self.embeddings_dir, self.models_dir):
             d.mkdir(parents=True, exist_ok=True)
 
@@ -277,6 +287,7 @@ def publish(wh: Warehouse, run_id: str) -> Path:
 
 
 def fsync_file(path: Path) -> None:
+    """Flush a file's data to disk (``os.fsync``)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -285,6 +296,7 @@ def fsync_file(path: Path) -> None:
 
 
 def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries to disk, so a rename in it survives a crash."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -303,6 +315,8 @@ def atomic_write_parquet(table: pa.Table, path: Path) -> Path:
 
 
 def atomic_write_bytes(data: bytes, path: Path) -> Path:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one (temporary file,
+    fsync, rename); creates the folder; returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
@@ -312,4 +326,5 @@ def atomic_write_bytes(data: bytes, path: Path) -> Path:
 
 
 def connect(db_path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection to ``db_path`` (read-only if asked)."""
     return duckdb.connect(str(db_path), read_only=read_only)
