@@ -76,20 +76,20 @@ def main(argv=None) -> int:
     cv = cross_validate(ts, config)
     s = cv.oof[head]
     ok = ~np.isnan(s)
-    dmax_tr, dmean_tr = pair_description_scores(ts.txt, ts.txt_home, len(ts.img), ts.pair_img, ts.pair_txt)
+    dmax_tr, dmean_tr = pair_description_scores(ts.txt, ts.described_image, len(ts.img), ts.pair_img, ts.pair_txt)
 
     with connect(db) as con:
         q = con.execute("""
-            SELECT q.query_id, q.query_text, q.written_for_image FROM stg_test_queries q
+            SELECT q.query_id, q.query_text, q.described_image FROM stg_test_queries q
             JOIN text_flags f ON f.run_id = ? AND f.text_kind = 'query' AND f.text_id = q.query_id
             WHERE NOT f.flagged ORDER BY q.query_id""", [run_id]).pl()
         gallery = con.execute("SELECT image FROM gallery ORDER BY image").pl()["image"].to_list()
         descs, _ = gallery_descriptions(con, run_id, gallery, lambda t: texts.vectors[texts.rows(t)])
     pos = {g: i for i, g in enumerate(gallery)}
-    keep = [i for i, w in enumerate(q["written_for_image"]) if w in pos]
+    keep = [i for i, w in enumerate(q["described_image"]) if w in pos]
     txt = texts.vectors[texts.rows([q["query_text"][i] for i in keep])]
     ids = [q["query_id"][i] for i in keep]
-    correct = np.array([pos[q["written_for_image"][i]] for i in keep])
+    correct = np.array([pos[q["described_image"][i]] for i in keep])
     ms = model.score_matrix(images.features[images.rows("test", gallery)], txt, head)
     dmax, _ = description_scores(txt, descs, ids)
 

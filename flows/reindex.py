@@ -47,6 +47,7 @@ class Lap:
 
 
 def new_run_id() -> str:
+    """A new run id: the current UTC time as ``YYYYMMDDTHHMMSSffffffZ`` (sorts in time order)."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
 
@@ -133,6 +134,15 @@ def reindex(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line entry point of ``python -m flows.reindex``.
+
+    Args:
+        argv: the arguments (``sys.argv[1:]`` when None).
+
+    Returns:
+        The exit code: 0 after a run, 2 when a source file is unusable or the warehouse is busy
+        (the message goes to stderr).
+    """
     p = argparse.ArgumentParser(prog="python -m flows.reindex", description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", type=Path, default=None,
                    help="default: $WITH_SENSE_DATA_DIR, else <checkout>/data/with_sense")

@@ -43,6 +43,8 @@ OUTPUT_KEYS = ("rank", "image", "score", "model_score", "description_score", "ch
 
 
 class NoPublishedRun(RuntimeError):
+    """Raised when there is nothing to search: no warehouse, or no finished run in it."""
+
     pass
 
 
@@ -166,6 +168,16 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line entry point of ``python -m flows.search``.
+
+    Args:
+        argv: the arguments (``sys.argv[1:]`` when None).
+
+    Returns:
+        The exit code: 0 after printing the results (a table, or one JSON object per line with
+        ``--json``); 2 when no run is published.  With no query given, argparse exits
+        with status 2.
+    """
     p = argparse.ArgumentParser(prog="python -m flows.search", description="Search the latest reindex.")
     p.add_argument("queries", nargs="*")
     p.add_argument("--queries-file", type=Path, help="one query per line")

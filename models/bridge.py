@@ -33,6 +33,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class BridgeConfig:
+    """Hyperparameters of the bridge's kernel ridge regression (see the module docstring)."""
+
     alpha: float = 1.0       # ridge penalty
     gamma: float = 1.5       # kernel width: exp(gamma * (cos - 1)); near 0 is a linear map
     intercept: float = 1.0   # constant added to the kernel
@@ -42,6 +44,7 @@ class BridgeConfig:
 
 
 def l2n(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm: (n, d) -> (n, d); an all-zero row stays zero."""
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
@@ -117,6 +120,7 @@ class Bridge:
     # ----------------------------------------------------------------- mapping
     @property
     def text_dim(self) -> int:
+        """Dimension of the text space the bridge maps into."""
         return self.coef.shape[1]
 
     def image_to_text(self, img: np.ndarray) -> np.ndarray:
@@ -131,9 +135,15 @@ class Bridge:
 
     # ------------------------------------------------------------------ saving
     def state_dict(self) -> dict[str, np.ndarray]:
+        """Every array as contiguous float32, keyed by field name (for safetensors)."""
         return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.__dict__.items()}
 
     @classmethod
     def from_state_dict(cls, d: dict[str, np.ndarray]) -> "Bridge":
+        """Inverse of ``state_dict``: the arrays as float64.
+
+        Raises:
+            KeyError: a field is missing from ``d``.
+        """
         names = ("img_mean", "support", "coef", "txt_mean", "txt_ref", "img_ref", "txt_basis", "kernel")
         return cls(**{k: np.asarray(d[k], dtype=np.float64) for k in names})

@@ -25,6 +25,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class ChildPhotoConfig:
+    """Fit settings of ``ChildPhotoClassifier``."""
+
     # Penalty on the mean (class-balanced) log-loss: l2 * ||w||^2 on standardised inputs.
     # ~ scikit-learn C = 1e-3 at 1000 photos; weaker penalties overfit the 1000 photos
     # (out-of-fold AUC 0.87 -> 0.83 at l2 = 0.01).
@@ -61,7 +63,11 @@ def photo_inputs(*blocks: np.ndarray) -> np.ndarray:
 
 
 class ChildPhotoClassifier:
-    """Standardisation + logistic regression weights: ``predict(x)`` maps (n, d) inputs to (n,) scores in [0, 1]."""
+    """Class-balanced, L2-penalised logistic regression on standardised image features.
+
+    Holds the standardisation (``mean``, ``std``, each (d,)) and the weights ``w`` (d,) and bias
+    ``b``; ``decision`` is the logit of P(child).
+    """
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, w: np.ndarray, b: float):
         self.mean, self.std, self.w, self.b = mean, std, w, b
@@ -113,6 +119,7 @@ class ChildPhotoClassifier:
             return list(pool.map(lambda m: cls._fit(x[m], y[m], config), masks))
 
     def decision(self, x: np.ndarray) -> np.ndarray:
+        """Logits (n,) float64 for image features (n, d); > 0 leans towards a child."""
         return (((x - self.mean) / self.std) @ self.w + self.b).astype(np.float64)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -120,6 +127,7 @@ class ChildPhotoClassifier:
         return 1.0 / (1.0 + np.exp(-self.decision(x)))
 
     def state_dict(self) -> dict[str, np.ndarray]:
+        """``mean``, ``std``, ``w`` as float32 and ``b`` as a (1,) float64 array (for safetensors)."""
         return {"mean": np.ascontiguousarray(self.mean, dtype=np.float32),
                 "std": np.ascontiguousarray(self.std, dtype=np.float32),
                 "w": np.ascontiguousarray(self.w, dtype=np.float32),
@@ -127,5 +135,10 @@ class ChildPhotoClassifier:
 
     @classmethod
     def from_state_dict(cls, d: dict[str, np.ndarray]) -> "ChildPhotoClassifier":
+        """Inverse of ``state_dict``.
+
+        Raises:
+            KeyError: an array is missing from ``d``.
+        """
         return cls(np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32),
                    np.asarray(d["w"], np.float32), float(np.asarray(d["b"]).reshape(-1)[0]))

@@ -44,6 +44,8 @@ FACE_FORMAT = 1
 
 @dataclass(frozen=True)
 class FaceAgeConfig:
+    """Face detection and age estimation settings; ``name`` keys the per-photo cache."""
+
     # The photo is resized by this factor (PIL bicubic) before detection; the detector itself
     # runs without its own upsampling.  1.0 = native size.
     upsample: float = 2.0
@@ -65,6 +67,8 @@ class FaceAgeConfig:
 
 @dataclass(frozen=True)
 class Face:
+    """One detected face: its box (pixels of the original photo), detector score, apparent age (years) and gender."""
+
     box: tuple[float, float, float, float]   # left, top, right, bottom in the original photo's pixels
     detection_score: float
     age: int                                 # rounded expected age (years)
@@ -224,8 +228,10 @@ MIN_PHOTOS_PER_WORKER = 24
 
 
 def config_dict(config: FaceAgeConfig) -> dict:
+    """``config``'s fields plus ``format`` (``FACE_FORMAT``): everything a face vector depends on, as a dict."""
     return {**asdict(config), "format": FACE_FORMAT}
 
 
 def is_missing(vector: np.ndarray | None) -> bool:
+    """True when a photo has no face vector: ``None``, or a non-finite ``n_faces`` (the first entry)."""
     return vector is None or not math.isfinite(float(vector[0]))

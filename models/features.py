@@ -52,6 +52,7 @@ def bridge_cosine(bridge: Bridge, img: np.ndarray, txt: np.ndarray, img_idx: np.
 
 
 def feature_names(n_agree: int) -> list[str]:
+    """Column names of ``pair_features``: ``FEATURE_NAMES_HEAD`` then ``agree_0`` .. ``agree_{n_agree-1}``."""
     return FEATURE_NAMES_HEAD + [f"agree_{i}" for i in range(n_agree)]
 
 

@@ -47,6 +47,19 @@ def model_logit(score: np.ndarray) -> np.ndarray:
 
 def feature_matrix(names: tuple[str, ...], score: np.ndarray, desc_max: np.ndarray,
                    desc_mean: np.ndarray) -> np.ndarray:
+    """Fusion inputs, one column per name in ``names``.
+
+    Args:
+        names: feature names from ``FEATURE_SETS`` (``model_logit``, ``desc_max``, ``desc_mean``).
+        score: (n,) head scores in [0, 1], turned into logits (``model_logit``).
+        desc_max, desc_mean: (n,) description cosines, NaN where the photo has none.
+
+    Returns:
+        (n, len(names)) float64.
+
+    Raises:
+        KeyError: an unknown name.
+    """
     cols = {"model_logit": model_logit(score), "desc_max": np.asarray(desc_max, np.float64),
             "desc_mean": np.asarray(desc_mean, np.float64)}
     return np.column_stack([cols[n].reshape(-1) for n in names])
@@ -86,6 +99,7 @@ class Fusion:
 
     @property
     def features(self) -> tuple[str, ...]:
+        """The feature names of this fusion's ``kind`` (``FEATURE_SETS[kind]``)."""
         return FEATURE_SETS[self.kind]
 
     @classmethod
@@ -141,11 +155,17 @@ class Fusion:
 
     # ------------------------------------------------------------------ saving
     def to_dict(self) -> dict:
+        """JSON-ready dict of the fusion: ``kind``, coefficients, intercepts and ``train_means``."""
         return {"kind": self.kind, "coef": [float(c) for c in self.coef], "intercept": self.intercept,
                 "fallback_coef": self.fallback_coef, "fallback_intercept": self.fallback_intercept,
                 "train_means": self.train_means}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Fusion":
+        """Inverse of ``to_dict``; ``train_means`` may be absent (empty then).
+
+        Raises:
+            KeyError: a required key is missing.
+        """
         return cls(d["kind"], np.asarray(d["coef"], np.float64), float(d["intercept"]), float(d["fallback_coef"]),
                    float(d["fallback_intercept"]), dict(d.get("train_means", {})))

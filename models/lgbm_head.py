@@ -10,6 +10,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class LgbmConfig:
+    """LightGBM settings of the ``lgbm`` relevance head."""
+
     # Six features, ~20k judged pairs: more or bigger trees measured no better out of fold.
     n_estimators: int = 100
     learning_rate: float = 0.08
@@ -25,6 +27,8 @@ class LgbmConfig:
 
 
 class LgbmHead:
+    """Relevance head: LightGBM trees on pair features, predicting the match probability."""
+
     name = "lgbm"
 
     def __init__(self, booster: lgb.Booster):
@@ -33,6 +37,11 @@ class LgbmHead:
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None,
             config: LgbmConfig = LgbmConfig()) -> "LgbmHead":
+        """Train on pair features ``x`` (n, d) and soft targets ``y`` (n,) in [0, 1].
+
+        ``weight`` (n,): per-pair weights (None: equal).  Objective ``cross_entropy``
+        (LightGBM docs: accepts labels in [0, 1]); deterministic for a given ``config.seed``.
+        """
         c = asdict(config)
         params = {
             # cross_entropy accepts soft labels in [0, 1] and predicts a probability.
@@ -54,11 +63,14 @@ class LgbmHead:
         return cls(lgb.train(params, data, num_boost_round=c["n_estimators"]))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        """Match probabilities (n,) float32, clipped to [0, 1], for pair features (n, d)."""
         return np.clip(self.booster.predict(x), 0.0, 1.0).astype(np.float32)
 
     def to_text(self) -> str:
+        """The booster as LightGBM's text model format."""
         return self.booster.model_to_string()
 
     @classmethod
     def from_text(cls, text: str) -> "LgbmHead":
+        """Inverse of ``to_text``."""
         return cls(lgb.Booster(model_str=text))

@@ -13,6 +13,8 @@ from torch import nn  # noqa: E402
 
 @dataclass(frozen=True)
 class MlpConfig:
+    """Size and training settings of the ``mlp`` relevance head."""
+
     # Six features, ~20k judged pairs: a small net and a few large-batch epochs measured
     # as well out of fold as longer training, at a fraction of the time.
     hidden: int = 64
@@ -28,6 +30,12 @@ class MlpConfig:
 
 
 class MlpHead(nn.Module):
+    """Relevance head: a small MLP on standardised pair features.
+
+    d -> ``hidden`` -> ``hidden // 2`` -> 1 with GELU; the input mean and std are buffers, so they
+    are saved with the weights.
+    """
+
     name = "mlp"
 
     def __init__(self, n_in: int, config: MlpConfig = MlpConfig()):
@@ -42,11 +50,18 @@ class MlpHead(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (n,) for pair features (n, d)."""
         return self.net((x - self.mean) / self.std).squeeze(-1)
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None,
             config: MlpConfig = MlpConfig()) -> "MlpHead":
+        """Train on pair features ``x`` (n, d) and soft targets ``y`` (n,) in [0, 1].
+
+        ``weight`` (n,): per-pair weights, rescaled to mean 1 (None: equal).  Weighted binary
+        cross-entropy, AdamW with a one-cycle learning rate, seeded by ``config.seed``; sets torch's
+        process-wide thread count to ``config.threads``.  Returns the model in eval mode.
+        """
         torch.set_num_threads(config.threads)
         g = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)
@@ -74,5 +89,6 @@ class MlpHead(nn.Module):
 
     @torch.inference_mode()
     def predict(self, x: np.ndarray) -> np.ndarray:
+        """Match probabilities (n,) float32 in [0, 1] for pair features (n, d)."""
         torch.set_num_threads(self.config.threads)
         return torch.sigmoid(self(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))).numpy()

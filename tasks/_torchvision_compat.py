@@ -69,6 +69,8 @@ class _ShimFirst(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
+    """Put the import hook first on ``sys.meta_path`` (once; a no-op after ``apply()``), so the first import
+    of torchvision or transformers runs ``apply()``."""
     if not _applied and not any(isinstance(f, _ShimFirst) for f in sys.meta_path):
         sys.meta_path.insert(0, _ShimFirst())
 

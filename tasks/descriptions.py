@@ -42,6 +42,17 @@ class DescriptionSet:
 
     @classmethod
     def build(cls, owner: Sequence[int], ids: Sequence[str], vectors: np.ndarray, n_photos: int) -> "DescriptionSet":
+        """Group descriptions by photo.
+
+        Args:
+            owner: (n,) gallery row of the photo each description names.
+            ids: (n,) description ids.
+            vectors: (n, dim) text vectors; stored as float32, L2-normalised.
+            n_photos: gallery size.
+
+        Returns:
+            The set, rows sorted by ``owner`` (stable, so equal owners keep their order).
+        """
         owner = np.asarray(owner, np.int64)
         order = np.argsort(owner, kind="stable")
         v = np.asarray(vectors, np.float32).reshape(len(owner), -1)[order]
@@ -128,19 +139,19 @@ def gallery_descriptions(con, run_id: str, gallery: Sequence[str],
 # ----------------------------------------------------------- training the fusion
 
 
-def training_descriptions(txt: np.ndarray, txt_home: np.ndarray, n_photos: int) -> DescriptionSet:
+def training_descriptions(txt: np.ndarray, described_image: np.ndarray, n_photos: int) -> DescriptionSet:
     """Training photos' descriptions: each allowed caption under the photo it was written for.
     Ids are the caption's row in ``txt``, so a pair's own caption is left out by its row."""
-    rows = np.flatnonzero(txt_home >= 0)
-    return DescriptionSet.build(txt_home[rows], [str(r) for r in rows], txt[rows], n_photos)
+    rows = np.flatnonzero(described_image >= 0)
+    return DescriptionSet.build(described_image[rows], [str(r) for r in rows], txt[rows], n_photos)
 
 
-def pair_description_scores(txt: np.ndarray, txt_home: np.ndarray, n_photos: int, pair_img: np.ndarray,
+def pair_description_scores(txt: np.ndarray, described_image: np.ndarray, n_photos: int, pair_img: np.ndarray,
                             pair_txt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(max, mean) cosine of each judged pair's caption with its photo's descriptions,
     the caption itself left out (leave-own-out): NaN for a photo judged against its own,
     only, description."""
-    descs = training_descriptions(txt, txt_home, n_photos)
+    descs = training_descriptions(txt, described_image, n_photos)
     texts = np.unique(pair_txt)
     mx, mn = description_scores(txt[texts], descs, [str(t) for t in texts])
     row = np.searchsorted(texts, pair_txt)

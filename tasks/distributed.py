@@ -51,6 +51,8 @@ _SHELL_SCHEDULERS: dict[str, str] = {}
 
 @dataclass(frozen=True)
 class ShardConfig:
+    """How embedding and search work is cut into shards (counts of photos and queries)."""
+
     photos_per_shard: int = 512    # one shard = one encoder session and one Parquet part
     queries_per_shard: int = 256   # each query shard scans the whole gallery index once
     # At least this many shards, so two workers both get work even on a small batch.

@@ -23,6 +23,8 @@ from tasks.warehouse import connect
 
 @dataclass
 class EmbeddedImages:
+    """Image-encoder outputs for (split, image) keys: ``features`` (n, 1280), ``logits`` (n, 1000)."""
+
     keys: list[tuple[str, str]]   # (split, image)
     features: np.ndarray          # [n, 1280]
     logits: np.ndarray            # [n, 1000]
@@ -30,18 +32,30 @@ class EmbeddedImages:
     n_computed: int
 
     def rows(self, split: str, images: Sequence[str]) -> np.ndarray:
+        """Row of each of ``images`` (in ``split``) in ``features``: (len(images),) int64.
+
+        Raises:
+            KeyError: an image was not embedded.
+        """
         where = {k: i for i, k in enumerate(self.keys)}
         return np.array([where[(split, i)] for i in images], dtype=np.int64)
 
 
 @dataclass
 class EmbeddedTexts:
+    """Text-encoder vectors (n, 384), L2-normalised, one row per distinct text."""
+
     texts: list[str]
     vectors: np.ndarray           # [n, 384], L2-normalised
     encoder: str
     n_computed: int
 
     def rows(self, texts: Sequence[str]) -> np.ndarray:
+        """Row of each of ``texts`` in ``vectors``: (len(texts),) int64.
+
+        Raises:
+            KeyError: a text was not embedded.
+        """
         where = {t: i for i, t in enumerate(self.texts)}
         return np.array([where[t] for t in texts], dtype=np.int64)
 

@@ -31,10 +31,15 @@ Compute = Callable[[list[int]], Iterator[tuple[list[int], dict[str, np.ndarray]]
 
 
 def text_sha(text: str) -> str:
+    """SHA-256 hex digest of the text's UTF-8 bytes: a text's cache key."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def encoder_dir(root: Path, kind: str, encoder_name: str) -> Path:
+    """Cache folder ``root/kind/<encoder name>`` of one encoder.
+
+    Each run of characters outside ``[A-Za-z0-9.@_-]`` in the name becomes one ``_``.
+    """
     return root / kind / re.sub(r"[^A-Za-z0-9.@_-]+", "_", encoder_name)
 
 
@@ -71,6 +76,16 @@ def load_cached(folder: Path, keys: Sequence[str], outputs: Sequence[str]) -> di
 
 
 def write_part(folder: Path, shas: Sequence[str], arrays: dict[str, np.ndarray]) -> Path:
+    """Write one cache part: ``shas`` and, per output, their vectors.
+
+    Args:
+        folder: the encoder's cache folder.
+        shas: (n,) keys.
+        arrays: output name -> (n, d) vectors, stored as float32 fixed-size lists.
+
+    Returns:
+        The new Parquet file, ``part-<ns time>-<key digest>.parquet``, written atomically.
+    """
     cols = {"sha256": pa.array(list(shas), pa.string())}
     for name, arr in arrays.items():
         arr = np.ascontiguousarray(arr, dtype=np.float32)

@@ -44,6 +44,7 @@ def retrieval_ranks(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
 
 
 def rank_metrics(rank: np.ndarray) -> dict[str, float]:
+    """Recall@1/5/10, MRR and ``n_queries`` from the (n,) 1-based ranks of each query's photo."""
     out = {f"recall_at_{k}": float((rank <= k).mean()) for k in (1, 5, 10)}
     out["mrr"] = float((1.0 / rank).mean())
     out["n_queries"] = float(len(rank))
@@ -51,6 +52,8 @@ def rank_metrics(rank: np.ndarray) -> dict[str, float]:
 
 
 def retrieval_metrics(scores: np.ndarray, correct: np.ndarray) -> dict[str, float]:
+    """``rank_metrics`` of ``retrieval_ranks(scores, correct)``: scores (queries, gallery), correct (queries,)
+    gallery index."""
     return rank_metrics(retrieval_ranks(scores, correct))
 
 
@@ -75,6 +78,17 @@ def threshold_for_recall(score: np.ndarray, label: np.ndarray, recall: float) ->
 
 
 def precision_recall_at(score: np.ndarray, label: np.ndarray, threshold: float) -> dict[str, float]:
+    """Flagging figures at ``score >= threshold``.
+
+    Args:
+        score: (n,) scores.
+        label: (n,) truth, truthy = positive.
+        threshold: the decision threshold.
+
+    Returns:
+        ``precision``, ``recall`` (0 when there is nothing to divide by), and the counts
+        ``flagged``, ``positives``, ``n``, all floats.
+    """
     label = label.astype(bool)
     pred = score >= threshold
     tp = float((pred & label).sum())
@@ -152,7 +166,7 @@ def evaluate_retrieval_task(db: Path, run_id: str, images, texts, model) -> dict
     where_p = "protocol IN (" + ", ".join(f"'{p}'" for p in PROTOCOLS) + ")"
     with connect(db) as con:
         q = con.execute("""
-            SELECT q.query_id, q.query_text, q.written_for_image, coalesce(f.flagged, true) AS blocked
+            SELECT q.query_id, q.query_text, q.described_image, coalesce(f.flagged, true) AS blocked
             FROM stg_test_queries q
             LEFT JOIN text_flags f ON f.run_id = ? AND f.text_kind = 'query' AND f.text_id = q.query_id
             ORDER BY q.query_id""", [run_id]).pl()
@@ -177,10 +191,10 @@ def evaluate_retrieval_task(db: Path, run_id: str, images, texts, model) -> dict
             get_run_logger().info("retrieval: inputs unchanged since run %s (%s): figures reused", prev, fp)
             return out
     pos = {g: i for i, g in enumerate(gallery)}
-    keep = [i for i, w in enumerate(q["written_for_image"]) if w in pos]
+    keep = [i for i, w in enumerate(q["described_image"]) if w in pos]
     img = images.features[images.rows("test", gallery)]
     txt = texts.vectors[texts.rows([q["query_text"][i] for i in keep])]
-    correct = np.array([pos[q["written_for_image"][i]] for i in keep], dtype=np.int64)
+    correct = np.array([pos[q["described_image"][i]] for i in keep], dtype=np.int64)
     scores = {h: model.score_matrix(img, txt, h) for h in HEADS}
     out = {h: retrieval_metrics(s, correct) for h, s in scores.items()}
     rows = [{"head": h, "protocol": "test_queries_filter_off", "metric": m, "value": v}

@@ -39,6 +39,8 @@ HEADLINE = [
 
 
 def model_card_markdown(card: dict) -> str:
+    """The model card dict (as written to ``model_card.json``) as Markdown: settings, then a table of every
+    metric."""
     lines = [f"# Model card: run {card['run_id']}", "",
              f"- chosen head: **{card['head']}** (by {card['selection']}, on training folds only)",
              f"- encoders: {card['image_encoder']} (images), {card['text_encoder']} (texts), both frozen",
@@ -51,6 +53,7 @@ def model_card_markdown(card: dict) -> str:
 
 
 def format_summary(s: dict) -> str:
+    """The run summary (``finish_run_task``'s dict) as the lines printed at the end of a reindex."""
     lines = [f"reindex {s['run_id']} finished in {s['wall_seconds']:.1f} s",
              f"  warehouse: {s['warehouse']}  (exports in {s['exports']})"]
     for r in s["ledger"]:
@@ -76,6 +79,7 @@ def format_summary(s: dict) -> str:
 
 
 def con_rows(db: Path, sql: str, params: list) -> list[tuple]:
+    """All rows of ``sql`` with ``params`` on a fresh connection to ``db``."""
     with connect(db) as con:
         return con.execute(sql, params).fetchall()
 
@@ -84,6 +88,13 @@ def con_rows(db: Path, sql: str, params: list) -> list[tuple]:
 def finish_run_task(db: Path, run_id: str, wh: Warehouse, ledger: pl.DataFrame, flags: dict, images, texts,
                     model, guard, results: pl.DataFrame, wall_seconds: float,
                     stage_seconds: dict[str, float] | None = None) -> dict:
+    """Prefect task: close the run and return its summary.
+
+    Reads the run's ``model_metrics`` and export tables from ``db``; writes ``model_card.json`` /
+    ``.md`` to the run's report folder, the exports as staged Parquet files (published with the
+    database), the ``runs`` row (finish time, head, counts, ``wall_seconds``, summary JSON) and
+    the ``reindex-metrics`` artifact.
+    """
     with connect(db) as con:
         metrics = con.execute("SELECT component, head, protocol, metric, value FROM model_metrics "
                               "WHERE run_id = ? ORDER BY component, protocol, head, metric", [run_id]).pl()

@@ -38,16 +38,24 @@ class PhotoGuard:
     oof: np.ndarray | None = None  # out-of-fold score of each train photo (None when loaded)
 
     def score(self, x: np.ndarray) -> np.ndarray:
+        """P(child) (n,) for guard inputs (n, d), from the classifier."""
         return self.classifier.predict(x)
 
     def restricted(self, score: np.ndarray) -> np.ndarray:
+        """True where ``score`` is at or above the threshold, or NaN (fails closed)."""
         return ~(np.asarray(score, dtype=np.float64) < self.threshold)
 
     def state_dict(self) -> dict[str, np.ndarray]:
+        """The classifier's arrays plus ``threshold`` (a (1,) float64 array)."""
         return {**self.classifier.state_dict(), "threshold": np.array([self.threshold], dtype=np.float64)}
 
     @classmethod
     def from_state_dict(cls, d: dict[str, np.ndarray], view: str = "") -> "PhotoGuard":
+        """Inverse of ``state_dict`` for photo view ``view``; ``cv`` comes back empty.
+
+        Raises:
+            KeyError: an array is missing from ``d``.
+        """
         from models.child_photo import ChildPhotoClassifier
 
         return cls(ChildPhotoClassifier.from_state_dict(d), float(np.asarray(d["threshold"]).reshape(-1)[0]), {}, view)

@@ -95,6 +95,7 @@ def check_photo_name(name: str) -> str | None:
 
 
 def not_found(name: str, split: str) -> str:
+    """The quarantine reason for a photo file missing from its split's folder."""
     return f"image '{name}' not found in {PHOTO_DIRS[split]}/"
 
 

@@ -42,9 +42,12 @@ class SourceSpec:
 
     @property
     def n_fields(self) -> int:
+        """Fields per row: the header's length, else the number of columns."""
         return len(self.header) if self.header is not None else len(self.columns)
 
     def expected(self) -> str:
+        """What a valid file looks like, in words, for error messages (encoding, delimiter, header or
+        columns)."""
         sep = DELIMITER_NAMES.get(self.delimiter, repr(self.delimiter))
         if self.header is not None:
             return f"UTF-8 {sep}-separated text with the header {self.delimiter.join(self.header)!r}"
@@ -94,10 +97,17 @@ def _query_id(value: str) -> str:
 
 
 def query_image(query_id: str) -> str:
+    """The image part of a query or caption id ``<image>#<n>``: the photo it was written for."""
     return query_id.rsplit("#", 1)[0]
 
 
 def parse_train_pair(f: list[str]) -> dict:
+    """One ``train_dataset.csv`` row (fields as split) -> ``image``, ``query_id``, ``query_text``.
+
+    Raises:
+        RowError: a bad photo name, a query id not of the form ``<image>#<n>``, or a text without
+            letters or digits.
+    """
     return {
         "image": _image_name(f[0]),
         "query_id": _query_id(f[1]),
@@ -106,6 +116,11 @@ def parse_train_pair(f: list[str]) -> dict:
 
 
 def parse_expert(f: list[str]) -> dict:
+    """One ``ExpertAnnotations.tsv`` row -> ``image``, ``query_id``, ``expert_1`` .. ``expert_3``.
+
+    Raises:
+        RowError: a bad photo name or query id, or a grade that is not a whole number in 1..4.
+    """
     row = {"image": _image_name(f[0]), "query_id": _query_id(f[1])}
     for i in range(3):
         row[f"expert_{i + 1}"] = _int_in(f[2 + i], "expert score", 1, 4)
@@ -113,6 +128,13 @@ def parse_expert(f: list[str]) -> dict:
 
 
 def parse_crowd(f: list[str]) -> dict:
+    """One ``CrowdAnnotations.tsv`` row -> ``image``, ``query_id``, ``crowd_share``, ``crowd_yes``, ``crowd_no``.
+
+    Raises:
+        RowError: a bad photo name or query id; a share not a number in 0..1; counts not whole
+            numbers in 0..``MAX_VOTES``, or both 0; a share more than ``CROWD_SHARE_TOLERANCE``
+            from ``yes / (yes + no)``.
+    """
     raw_share = without_format_characters(f[2]).strip()
     if not DECIMAL.match(raw_share):
         raise RowError(f"crowd share {raw_share[:40]!r} is not a number")
@@ -135,6 +157,11 @@ def parse_crowd(f: list[str]) -> dict:
 
 
 def parse_test_query(f: list[str]) -> dict:
+    """One ``test_queries.csv`` row (a saved query) -> ``query_id``, ``query_text``, ``image``.
+
+    Raises:
+        RowError: a bad field, or a query id naming another photo than the row's ``image``.
+    """
     row = {
         "query_id": _query_id(f[1]),
         "query_text": _text(f[2], "query_text"),
@@ -148,6 +175,11 @@ def parse_test_query(f: list[str]) -> dict:
 
 
 def parse_test_image(f: list[str]) -> dict:
+    """One ``test_images.csv`` row -> ``image``.
+
+    Raises:
+        RowError: not a plain photo file name.
+    """
     return {"image": _image_name(f[0])}
 
 

@@ -23,6 +23,7 @@ def ensure_history_tables(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def replace_table(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
+    """Create or replace table ``name`` with the rows and columns of ``frame``."""
     con.register("_frame", frame)
     try:
         con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _frame")
@@ -61,6 +62,8 @@ def earlier_run_with(con: duckdb.DuckDBPyConnection, stage: str, fp: str, run_id
 
 
 def record_stage(con: duckdb.DuckDBPyConnection, run_id: str, stage: str, fp: str, reused_from: str | None) -> None:
+    """Record (replacing any earlier row) stage ``stage`` of run ``run_id`` in ``run_stages``: its input
+    fingerprint and the run it reused output from (None: computed)."""
     con.execute("DELETE FROM run_stages WHERE run_id = ? AND stage = ?", [run_id, stage])
     con.execute("INSERT INTO run_stages VALUES (?, ?, ?, ?)", [run_id, stage, fp, reused_from])
 
@@ -73,6 +76,7 @@ def copy_run_rows(con: duckdb.DuckDBPyConnection, table: str, src_run: str, run_
 
 
 def query(db: Path, sql: str, params: list | None = None) -> pl.DataFrame:
+    """Rows of ``sql`` with ``params`` as a polars frame, on a fresh (read-write) connection to ``db``."""
     with connect(db, read_only=False) as con:
         return con.execute(sql, params or []).pl()
 

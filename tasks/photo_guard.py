@@ -57,10 +57,13 @@ DECIDING_SIGNALS = ("description", "missing_signal", "image_classifier", "face_a
 
 @dataclass(frozen=True)
 class GuardConfig:
+    """Settings of the photo guard: its face signal, combiner, face gate and the legal recall target of its
+    threshold."""
+
     # The face signal the embedding pass computed (tasks/embed.py FACES): the cache it reads.
     faces: FaceAgeConfig = field(default_factory=lambda: FACES)
     combiner: CombinerConfig = field(default_factory=CombinerConfig)
-    # Faces are looked at only for photos scoring at or above the image score that keeps
+    # Faces are used only for photos scoring at or above the image score that keeps
     # this out-of-fold recall on the train photos' child photos (1.0: every photo above the
     # lowest-scoring child photo).
     gate_recall: float = 0.99
@@ -173,14 +176,22 @@ class GuardModel:
 
     @property
     def image_threshold(self) -> float:
+        """The image classifier's own legal threshold (a probability)."""
         return self.image.threshold
 
     def state_dict(self) -> dict[str, np.ndarray]:
+        """All arrays for safetensors: the classifier's under ``image.``, the combiner's under ``combiner.``,
+        plus ``face_gate`` and ``threshold`` ((1,) float64 each)."""
         return {**{f"image.{k}": v for k, v in self.image.state_dict().items()}, **self.combiner.state_dict(),
                 "face_gate": np.array([self.face_gate], np.float64), "threshold": np.array([self.threshold], np.float64)}
 
     @classmethod
     def from_state_dict(cls, d: dict[str, np.ndarray], config: GuardConfig) -> "GuardModel":
+        """Inverse of ``state_dict``; ``config`` must be the one it was fitted with.
+
+        Raises:
+            KeyError: an array is missing from ``d``.
+        """
         image = PhotoGuard.from_state_dict({k[6:]: v for k, v in d.items() if k.startswith("image.")})
         return cls(image, SignalCombiner.from_state_dict(d, config.combiner),
                    float(np.asarray(d["face_gate"]).reshape(-1)[0]), float(np.asarray(d["threshold"]).reshape(-1)[0]),

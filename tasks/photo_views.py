@@ -44,12 +44,20 @@ def guard_encoder(onnx_cache: Path, calibration: Sequence[ImageLike] | None = No
 
 @dataclass
 class PhotoViews:
+    """The guard view's encoder outputs for (split, image) keys: ``arrays`` maps each of ``OUTPUTS`` to (n,
+    d)."""
+
     keys: list[tuple[str, str]]   # (split, image)
     arrays: dict[str, np.ndarray]  # OUTPUTS -> [n, d]
     name: str
     n_computed: int
 
     def rows(self, split: str, images: Sequence[str]) -> np.ndarray:
+        """Row of each of ``images`` (in ``split``) in ``arrays``: (len(images),) int64.
+
+        Raises:
+            KeyError: an image was not encoded.
+        """
         where = {k: i for i, k in enumerate(self.keys)}
         return np.array([where[(split, i)] for i in images], dtype=np.int64)
 

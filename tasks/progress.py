@@ -69,6 +69,8 @@ class Progress:
                 log.warning("progress artifact not created: %s", exc)
 
     def advance(self, n: int = 1) -> None:
+        """Count ``n`` more items done (capped at ``total``); refresh the Prefect artifact at most every
+        ``ARTIFACT_MIN_INTERVAL_SECONDS``, and at the end."""
         self.done = min(self.done + int(n), self.total) if self.total else self.done + int(n)
         self._bar.update(n)
         if self._artifact_id is not None and (self.done >= self.total
@@ -90,6 +92,7 @@ class Progress:
         self._last_push = time.monotonic()
 
     def close(self) -> None:
+        """Push the final count to the Prefect artifact if it is behind, and close the terminal bar."""
         if self._artifact_id is not None and self._pushed != self.done:
             self._push()
         self._bar.close()

@@ -43,6 +43,8 @@ HEAD_ORDER = ("bridge", "lgbm", "mlp")
 
 @dataclass(frozen=True)
 class ReportConfig:
+    """What the run report shows: how many query cards, thumbnail size in pixels, curve and histogram extents."""
+
     sample_queries: int = 12     # query cards on the page
     blocked_examples: int = 2    # of which at most this many blocked queries ...
     hidden_examples: int = 3     # ... and this many with a restricted photo in the top-k
@@ -148,7 +150,7 @@ def copy_into(src: Path, dest: Path) -> None:
         shutil.copyfile(src, dest)
 
 
-def sample_cards(results: pl.DataFrame, sample: list[str], written_for: dict, thumbs: dict[str, str]) -> list[dict]:
+def sample_cards(results: pl.DataFrame, sample: list[str], described_image: dict, thumbs: dict[str, str]) -> list[dict]:
     """What the template draws per sampled query (blocked, or its photos in rank order)."""
     cards = []
     for qid in sample:
@@ -162,7 +164,7 @@ def sample_cards(results: pl.DataFrame, sample: list[str], written_for: dict, th
             for r in rows.iter_rows(named=True):
                 shown = bool(r["shown"]) and r["image"] in thumbs
                 card["photos"].append({"rank": r["rank"], "score": r["score"], "shown": shown, "image": r["image"],
-                                       "thumb": thumbs.get(r["image"]), "target": r["image"] == written_for.get(qid)})
+                                       "thumb": thumbs.get(r["image"]), "target": r["image"] == described_image.get(qid)})
             card["n_hidden"] = sum(not p["shown"] for p in card["photos"])
         cards.append(card)
     return cards
@@ -221,8 +223,8 @@ def _results(con, run_id: str) -> pl.DataFrame:
 
 def evaluation_queries(con) -> pl.DataFrame:
     """Test queries whose photo is in the gallery, by query_id: what the recall figures use."""
-    return con.execute("""SELECT q.query_id, q.query_text, q.written_for_image FROM stg_test_queries q
-                          WHERE q.written_for_image IN (SELECT image FROM gallery) ORDER BY q.query_id""").pl()
+    return con.execute("""SELECT q.query_id, q.query_text, q.described_image FROM stg_test_queries q
+                          WHERE q.described_image IN (SELECT image FROM gallery) ORDER BY q.query_id""").pl()
 
 
 def build_report(db: Path, run_id: str, wh: Warehouse, data_dir: Path, model, summary: dict,
@@ -238,7 +240,7 @@ def build_report(db: Path, run_id: str, wh: Warehouse, data_dir: Path, model, su
     with connect(db, read_only=True) as con:
         run = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).pl().row(0, named=True)
         results = _results(con, run_id)
-        written_for = dict(con.execute("SELECT query_id, written_for_image FROM stg_test_queries").fetchall())
+        described_image = dict(con.execute("SELECT query_id, described_image FROM stg_test_queries").fetchall())
         queries = evaluation_queries(con)
         gallery = con.execute("""
             SELECT g.image, g.sha256, g.path, coalesce(p.restricted, true) AS restricted
@@ -250,7 +252,7 @@ def build_report(db: Path, run_id: str, wh: Warehouse, data_dir: Path, model, su
     pos = {g: i for i, g in enumerate(gallery["image"])}
     vecs = (np.stack([query_vecs[t] for t in queries["query_text"]]) if queries.height
             else np.zeros((0, 1), np.float32))
-    correct = np.array([pos[w] for w in queries["written_for_image"]], dtype=np.int64)
+    correct = np.array([pos[w] for w in queries["described_image"]], dtype=np.int64)
     figures = score_figures(model, gallery_feats, vecs, correct, list(HEADS), summary["head"], config.curve_max_k)
 
     sample = sample_query_ids(results, config)
@@ -272,7 +274,7 @@ def build_report(db: Path, run_id: str, wh: Warehouse, data_dir: Path, model, su
             write_thumbnail(Path(data_dir) / g["path"], kept, config.thumb_px)
         copy_into(kept, out / "thumbs" / name)
         thumbs[image] = f"thumbs/{name}"
-    page = render_html(run, summary, digest, sample_cards(results, sample, written_for, thumbs), figures, metrics,
+    page = render_html(run, summary, digest, sample_cards(results, sample, described_image, thumbs), figures, metrics,
                        config)
     return atomic_write_bytes(page.encode("utf-8"), out / "index.html")
 
@@ -337,6 +339,11 @@ def rebuild(warehouse_dir: Path, run_id: str | None = None, data_dir: Path | Non
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line entry point of ``python -m tasks.report``: rebuild a run's report, print its path.
+
+    Returns:
+        0.
+    """
     from tasks.config import resolve_warehouse_dir
 
     p = argparse.ArgumentParser(prog="python -m tasks.report", description="Rebuild a run's HTML report.")

@@ -41,6 +41,8 @@ Block = tuple[int, np.ndarray, torch.Tensor | None]
 
 @dataclass(frozen=True)
 class RetrievalConfig:
+    """How the search is run: candidates per query for the heads, score block size (rows) and precision."""
+
     # Candidates per query that the heads rerank.  On the real photos a head's own
     # top-10 lies inside the first stage's top-100 for 89-100% of its photos
     # (bench/results/scale_retrieval.md); the flow records the figure every run.
@@ -266,6 +268,8 @@ def two_stage(model, img: np.ndarray, txt: np.ndarray, k: int, config: Retrieval
 
 
 def index_key(model_fingerprint: str, encoder: str, shas: Sequence[str]) -> str:
+    """16-hex-digit key of a gallery index: SHA-256 of the model fingerprint, the encoder and the photos'
+    SHA-256s in order."""
     import hashlib
 
     h = hashlib.sha256(f"{model_fingerprint}|{encoder}|".encode())
@@ -275,6 +279,7 @@ def index_key(model_fingerprint: str, encoder: str, shas: Sequence[str]) -> str:
 
 
 def index_files(folder: Path) -> list[Path]:
+    """The Parquet parts (``part-*.parquet``) of an index folder, sorted by name."""
     return sorted(Path(folder).glob("part-*.parquet"))
 
 

@@ -74,12 +74,14 @@ def metric_value(metric: str, v) -> str:
 
 
 def seconds(v) -> str:
+    """A duration in seconds as text: ``'12.3 s'``, from 120 s on ``'2 min 5 s'``; ``'–'`` for None."""
     if v is None:
         return "–"
     return f"{v:.1f} s" if v < 120 else f"{int(v // 60)} min {v % 60:.0f} s"
 
 
 def label(text: str) -> str:
+    """A column or stage name for people: underscores become spaces."""
     return str(text).replace("_", " ")
 
 

@@ -44,6 +44,8 @@ MODEL_FORMAT = 4
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Settings of the relevance training: folds, seed, match threshold and each head's config."""
+
     folds: int = 5
     seed: int = SEED
     # Pairs with target >= this are matches; the same threshold restricts train photos (SQL).
@@ -68,12 +70,14 @@ class TrainingSet:
     pos_img: np.ndarray        # bridge positives: photo index
     pos_txt: np.ndarray        # bridge positives: text index
     pos_weight: np.ndarray
-    txt_home: np.ndarray       # [texts] index of the photo the text was written for, -1 if none here
+    described_image: np.ndarray  # [texts] index of the photo the text was written for, -1 if none here
 
     def fingerprint(self, config: TrainConfig) -> str:
+        """16 hex digits of SHA-256 over ``MODEL_FORMAT``, the arrays a fit depends on and ``config``: equal
+        fingerprints, equal models."""
         h = hashlib.sha256(f"format {MODEL_FORMAT}|".encode())
         for a in (self.img, self.txt, self.pair_img, self.pair_txt, self.target, self.weight,
-                  self.pos_img, self.pos_txt, self.pos_weight, self.txt_home):
+                  self.pos_img, self.pos_txt, self.pos_weight, self.described_image):
             h.update(np.ascontiguousarray(a).tobytes())
         h.update(json.dumps(asdict(config), sort_keys=True).encode())
         return h.hexdigest()[:16]
@@ -85,12 +89,12 @@ def build_training_set(pairs: pl.DataFrame, positives: pl.DataFrame,
                        config: TrainConfig = TrainConfig()) -> TrainingSet:
     """``pairs``: training_pairs mart rows; ``positives``: (image, caption_text) known matches.
 
-    Both carry ``caption_image``, the photo each caption was written for.
+    Both carry ``described_image``, the photo each caption was written for.
     """
-    home = np.full(len(txt), -1, dtype=np.int64)
+    described = np.full(len(txt), -1, dtype=np.int64)
     for frame in (pairs, positives):
-        for t, ci in zip(frame["caption_text"], frame["caption_image"]):
-            home[txt_index[t]] = img_index.get(ci, -1)
+        for t, di in zip(frame["caption_text"], frame["described_image"]):
+            described[txt_index[t]] = img_index.get(di, -1)
     pi = np.array([img_index[i] for i in pairs["image"]], dtype=np.int64)
     pt = np.array([txt_index[t] for t in pairs["caption_text"]], dtype=np.int64)
     expert = pairs.select("expert_1", "expert_2", "expert_3").to_numpy().astype(np.float64)
@@ -108,7 +112,7 @@ def build_training_set(pairs: pl.DataFrame, positives: pl.DataFrame,
         pos_img=np.array([img_index[i] for i in pos["image"]], dtype=np.int64),
         pos_txt=np.array([txt_index[t] for t in pos["caption_text"]], dtype=np.int64),
         pos_weight=pos["w"].to_numpy().astype(np.float64),
-        txt_home=home,
+        described_image=described,
     )
 
 
@@ -147,6 +151,8 @@ def fit_bridge(ts: TrainingSet, photo_ok: np.ndarray, text_ok: np.ndarray | None
 
 
 def fit_heads(x: np.ndarray, y: np.ndarray, w: np.ndarray, config: TrainConfig) -> dict[str, object]:
+    """The ``lgbm`` and ``mlp`` heads fitted on pair features ``x`` (n, d), targets ``y`` (n,) in [0, 1] and
+    weights ``w`` (n,)."""
     return {
         "lgbm": LgbmHead.fit(x, y, w, config.lgbm),
         "mlp": MlpHead.fit(x, y, w, config.mlp),
@@ -154,6 +160,8 @@ def fit_heads(x: np.ndarray, y: np.ndarray, w: np.ndarray, config: TrainConfig) 
 
 
 def predict_all(heads: dict[str, object], x: np.ndarray) -> dict[str, np.ndarray]:
+    """Scores (n,) per head for pair features ``x`` (n, d): ``bridge`` from the cosine column, plus each
+    fitted head."""
     out = {"bridge": bridge_score(x)}
     out.update({name: h.predict(x) for name, h in heads.items()})
     return out
@@ -163,7 +171,7 @@ def caption_folds(ts: TrainingSet, photo_fold: np.ndarray, k: int, seed: int) ->
     """A caption shares the fold of the photo it was written for (hashed when unknown)."""
     rng = np.random.default_rng(seed + 7)
     fallback = rng.integers(0, k, size=len(ts.txt))
-    return np.where(ts.txt_home >= 0, photo_fold[np.maximum(ts.txt_home, 0)], fallback)
+    return np.where(ts.described_image >= 0, photo_fold[np.maximum(ts.described_image, 0)], fallback)
 
 
 def fold_split(ts: TrainingSet, folds: np.ndarray, tfolds: np.ndarray, k: int, strict_captions: bool
@@ -183,6 +191,8 @@ def fold_split(ts: TrainingSet, folds: np.ndarray, tfolds: np.ndarray, k: int, s
 
 @dataclass
 class CrossValidation:
+    """Out-of-fold scores and retrieval ranks per head (``cross_validate``)."""
+
     oof: dict[str, np.ndarray]          # head -> [pairs] out-of-fold score (NaN where no fold validates)
     ranks: dict[str, np.ndarray]        # head -> rank of each held-out caption's own photo among the fold's photos
 
@@ -217,7 +227,7 @@ def cross_validate(ts: TrainingSet, config: TrainConfig, strict_captions: bool =
             oof[name][rows] = s
         if strict_captions:
             gallery = np.flatnonzero(~photo_ok)
-            own = (ts.txt_home[ts.pos_txt] == ts.pos_img) & ~photo_ok[ts.pos_img]
+            own = (ts.described_image[ts.pos_txt] == ts.pos_img) & ~photo_ok[ts.pos_img]
             queries = np.unique(ts.pos_txt[own])
             if len(queries) and len(gallery):
                 where = np.full(len(ts.img), -1)
@@ -226,11 +236,13 @@ def cross_validate(ts: TrainingSet, config: TrainConfig, strict_captions: bool =
                 x = pair_features(bridge, ts.img, ts.txt, gi.ravel(), qi.ravel(), img_text=mapped)
                 for name, s in predict_all(heads, x).items():
                     ranks[name].append(retrieval_ranks(s.reshape(len(queries), len(gallery)),
-                                                       where[ts.txt_home[queries]]))
+                                                       where[ts.described_image[queries]]))
     return CrossValidation(oof, {h: np.concatenate(r) if r else np.zeros(0) for h, r in ranks.items()})
 
 
 def agreement_table(ts: TrainingSet, cv: CrossValidation, protocol: str) -> list[dict]:
+    """Metric rows (head, protocol, metric, value): each head's out-of-fold agreement with the judges, plus
+    its retrieval metrics when ranks were measured."""
     rows = []
     for head, s in cv.oof.items():
         ok = ~np.isnan(s)
@@ -243,6 +255,13 @@ def agreement_table(ts: TrainingSet, cv: CrossValidation, protocol: str) -> list
 
 
 def choose_head(metrics: list[dict]) -> str:
+    """The head with the highest ``SELECTION_METRIC`` under ``oof_grouped_by_photo``.
+
+    Ties go to the first name in sorted order.
+
+    Raises:
+        ValueError: no row of that protocol and metric.
+    """
     cv = {r["head"]: r["value"] for r in metrics
           if r["protocol"] == "oof_grouped_by_photo" and r["metric"] == SELECTION_METRIC}
     return max(sorted(cv), key=lambda h: cv[h])
@@ -289,13 +308,15 @@ def fit_fusions(score_oof: dict[str, np.ndarray], desc_max: np.ndarray, desc_mea
 def fusion_table(ts: TrainingSet, cv: CrossValidation, config: TrainConfig) -> tuple[dict[str, Fusion], list[dict]]:
     """Each head's fusion with the description channel, fitted on its out-of-fold scores
     (folds grouped by photo) with every pair's caption left out of its photo's descriptions."""
-    dmax, dmean = pair_description_scores(ts.txt, ts.txt_home, len(ts.img), ts.pair_img, ts.pair_txt)
+    dmax, dmean = pair_description_scores(ts.txt, ts.described_image, len(ts.img), ts.pair_img, ts.pair_txt)
     return fit_fusions(cv.oof, dmax, dmean, ts.target, ts.weight, ts.pair_img, ts.expert, ts.crowd_share,
                        config.folds, config.seed)
 
 
 @dataclass
 class FittedModel:
+    """The bridge, the heads, the chosen head and the description fusions: what a run scores with."""
+
     bridge: Bridge
     heads: dict[str, object]
     head: str
@@ -313,6 +334,8 @@ class FittedModel:
 
     def score(self, img: np.ndarray, txt: np.ndarray, img_idx: np.ndarray, txt_idx: np.ndarray,
               head: str | None = None) -> np.ndarray:
+        """Scores (n,) in [0, 1] of the pairs (``img[img_idx[k]]``, ``txt[txt_idx[k]]``) by ``head`` (default:
+        the chosen one)."""
         name = head or self.head
         if name == "bridge":
             return bridge_score(bridge_cosine(self.bridge, img, txt, img_idx, txt_idx))
@@ -325,6 +348,8 @@ class FittedModel:
 
 
 def fit_final(ts: TrainingSet, config: TrainConfig, head: str) -> FittedModel:
+    """The bridge and heads fitted on every training photo; the heads learn from the photos' leave-one-out
+    maps, as in cross-validation."""
     everything = np.ones(len(ts.img), dtype=bool)
     bridge, mapped = fit_bridge(ts, everything, None, config)
     x = pair_features(bridge, ts.img, ts.txt, ts.pair_img, ts.pair_txt, img_text=mapped)
@@ -335,6 +360,8 @@ def fit_final(ts: TrainingSet, config: TrainConfig, head: str) -> FittedModel:
 
 
 def save_model(model: FittedModel, folder: Path, card: dict) -> Path:
+    """Write the model to ``folder``: ``bridge.safetensors``, ``mlp.safetensors``, ``lgbm.txt``,
+    ``model.json`` (head, MLP shape, fusions) and ``card.json``; returns ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     mlp = model.heads["mlp"]
     save_file(model.bridge.state_dict(), str(folder / "bridge.safetensors"))
@@ -348,6 +375,11 @@ def save_model(model: FittedModel, folder: Path, card: dict) -> Path:
 
 
 def load_model(folder: Path) -> FittedModel:
+    """Inverse of ``save_model`` (without ``fingerprint`` and ``settings``).
+
+    Raises:
+        FileNotFoundError: ``model.json`` or ``lgbm.txt`` is missing.
+    """
     import torch
 
     meta = json.loads((folder / "model.json").read_text())
@@ -369,6 +401,13 @@ from tasks.warehouse import connect  # noqa: E402
 
 
 def load_training_set(db: Path, images, texts, config: TrainConfig) -> TrainingSet:
+    """The training set from ``training_pairs``, ``bridge_positives`` and ``training_photos`` in ``db``.
+
+    ``images`` / ``texts``: the run's embeddings (``EmbeddedImages``, ``EmbeddedTexts``).
+
+    Raises:
+        KeyError: a training photo or text was not embedded.
+    """
     with connect(db) as con:
         pairs = con.execute("SELECT * FROM training_pairs ORDER BY image, caption_id").pl()
         pos = con.execute("SELECT * FROM bridge_positives ORDER BY image, caption_id").pl()

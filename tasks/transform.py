@@ -59,6 +59,7 @@ class DbtStep:
     reused_from: str | None = None                        # set when the published run's build stood
 
     def counts(self) -> dict[str, int]:
+        """Node counts by ``<resource_type>s_<status>``, e.g. ``models_success``, ``tests_pass``."""
         out: dict[str, int] = {}
         for r in self.results:
             key = f"{r['resource_type']}s_{r['status']}"
@@ -66,6 +67,7 @@ class DbtStep:
         return out
 
     def failed(self) -> list[dict]:
+        """The results whose status is ``error``, ``fail`` or ``runtime error``."""
         return [r for r in self.results if r["status"] in ("error", "fail", "runtime error")]
 
 
@@ -290,19 +292,27 @@ def _logged(step: DbtStep) -> DbtStep:
 
 @task(name="dbt-build-staging", cache_policy=NO_CACHE)
 def build_staging_task(db: Path, run_id: str, wh: Warehouse) -> DbtStep:
+    """Prefect task: ``build('before_text_flags', ...)`` (staging, gallery, relevance_targets and their tests)
+    on ``db``, logged; raises ``DbtFailed``."""
     return _logged(build("before_text_flags", db, run_id, wh))
 
 
 @task(name="dbt-build-marts", cache_policy=NO_CACHE)
 def build_marts_task(db: Path, run_id: str, wh: Warehouse) -> DbtStep:
+    """Prefect task: ``build('after_text_flags', ...)`` (the training marts, which read text_flags) on ``db``,
+    logged; raises ``DbtFailed``."""
     return _logged(build("after_text_flags", db, run_id, wh))
 
 
 @task(name="dbt-test", cache_policy=NO_CACHE)
 def test_task(db: Path, run_id: str, wh: Warehouse) -> DbtStep:
+    """Prefect task: ``build('before_publish', ...)`` (views and tests on the history tables) on ``db``,
+    logged; raises ``DbtFailed``."""
     return _logged(build("before_publish", db, run_id, wh))
 
 
 @task(name="dbt-docs", cache_policy=NO_CACHE)
 def docs_task(db: Path, run_id: str, wh: Warehouse, steps: list[DbtStep]) -> Path:
+    """Prefect task: ``document(...)``: the run's dbt artifacts in ``reports/<run_id>/dbt/``; returns that
+    folder."""
     return document(db, run_id, wh, steps)

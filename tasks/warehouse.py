@@ -44,36 +44,46 @@ class WarehouseBusy(RuntimeError):
 
 @dataclass(frozen=True)
 class Warehouse:
+    """The warehouse folder: the published database and the folders beside it."""
+
     root: Path
 
     @property
     def db_path(self) -> Path:
+        """The published DuckDB file, ``<root>/with_sense.duckdb``."""
         return self.root / DB_NAME
 
     @property
     def work_dir(self) -> Path:
+        """``<root>/.work``: runs' working copies of the database."""
         return self.root / ".work"
 
     @property
     def exports_dir(self) -> Path:
+        """``<root>/exports``: the published runs' Parquet exports."""
         return self.root / "exports"
 
     @property
     def embeddings_dir(self) -> Path:
+        """``<root>/embeddings``: the embedding cache."""
         return self.root / "embeddings"
 
     @property
     def models_dir(self) -> Path:
+        """``<root>/models``: fitted models."""
         return self.root / "models"
 
     @property
     def reports_dir(self) -> Path:
+        """``<root>/reports``: one folder of reports per run."""
         return self.root / "reports"
 
     def work_db_path(self, run_id: str) -> Path:
+        """Run ``run_id``'s working copy of the database in ``work_dir``."""
         return self.work_dir / f"{run_id}.duckdb"
 
     def ensure(self) -> None:
+        """Create the root, work, exports, embeddings and models folders if missing."""
         for d in (self.root, self.work_dir, self.exports_dir, self.embeddings_dir, self.models_dir):
             d.mkdir(parents=True, exist_ok=True)
 
@@ -276,6 +286,7 @@ def publish(wh: Warehouse, run_id: str) -> Path:
 
 
 def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries to disk, so a rename in it survives a crash."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -284,4 +295,5 @@ def fsync_dir(path: Path) -> None:
 
 
 def connect(db_path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection to ``db_path`` (read-only if asked)."""
     return duckdb.connect(str(db_path), read_only=read_only)

@@ -45,8 +45,8 @@ def test_own_description_is_left_out_and_max_mean_by_hand():
 
 def test_training_pairs_leave_their_own_caption_out():
     ts = synthetic(seed=1, n_photos=12, n_extra_texts=4)
-    mx, mn = pair_description_scores(ts.txt, ts.txt_home, len(ts.img), ts.pair_img, ts.pair_txt)
-    own = ts.txt_home[ts.pair_txt] == ts.pair_img
+    mx, mn = pair_description_scores(ts.txt, ts.described_image, len(ts.img), ts.pair_img, ts.pair_txt)
+    own = ts.described_image[ts.pair_txt] == ts.pair_img
     # Each synthetic photo has exactly one description (its own caption): judged against it, none is left.
     assert own.any() and np.isnan(mx[own]).all() and np.isnan(mn[own]).all()
     other = ~own

@@ -291,8 +291,8 @@ def test_training_exclusions_list_every_removed_pair_with_a_reason(run):
                                  "photo shows a child (matched_caption)"}
     # A photo whose own caption is flagged is restricted and leaves the training photos.
     own = set(con.execute("""
-        SELECT c.caption_image FROM stg_captions c JOIN text_flags f
-          ON f.run_id = ? AND f.text_kind = 'caption' AND f.text_id = c.caption_id AND f.flagged""", [rid]).pl()["caption_image"])
+        SELECT c.described_image FROM stg_captions c JOIN text_flags f
+          ON f.run_id = ? AND f.text_kind = 'caption' AND f.text_id = c.caption_id AND f.flagged""", [rid]).pl()["described_image"])
     assert own and own <= set(con.execute("SELECT image FROM restricted_train_photos").pl()["image"])
     assert not own & set(con.execute("SELECT image FROM training_photos").pl()["image"])
     leaked = con.execute("""SELECT count(*) FROM training_pairs p JOIN training_exclusions e USING (image, caption_id)""").fetchone()[0]

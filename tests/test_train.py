@@ -19,7 +19,7 @@ def synthetic(seed: int = 0, n_photos: int = 60, n_extra_texts: int = 15) -> T.T
     # Non-negative like pooled ReLU6 activations, but (unlike abs) keeping the scene's sign.
     img = np.logaddexp(0, scene[:n_photos] @ rng.standard_normal((5, 24)) + 0.3 * rng.standard_normal((n_photos, 24)))
     txt = l2n(scene @ rng.standard_normal((5, 12)) + 0.3 * rng.standard_normal((len(scene), 12)))
-    home = np.concatenate([np.arange(n_photos), np.full(n_extra_texts, -1)])
+    described = np.concatenate([np.arange(n_photos), np.full(n_extra_texts, -1)])
     pi, pt = [], []
     for p in range(n_photos):
         for t in rng.choice(len(txt), size=8, replace=False):
@@ -40,7 +40,7 @@ def synthetic(seed: int = 0, n_photos: int = 60, n_extra_texts: int = 15) -> T.T
     pos_w = np.concatenate([np.ones(n_photos), target[strong]])
     return T.TrainingSet(img=img.astype(np.float32), txt=txt.astype(np.float32), pair_img=pi, pair_txt=pt,
                          target=target, weight=np.full(len(pi), 3.0, np.float32), expert=expert,
-                         crowd_share=crowd, pos_img=pos_img, pos_txt=pos_txt, pos_weight=pos_w, txt_home=home)
+                         crowd_share=crowd, pos_img=pos_img, pos_txt=pos_txt, pos_weight=pos_w, described_image=described)
 
 
 CONFIG = T.TrainConfig(folds=4, seed=3)

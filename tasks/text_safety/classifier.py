@@ -147,6 +147,7 @@ class QueryVerdict:
 
     @property
     def searchable(self) -> bool:
+        """True when the query may be answered with photos (``action == 'search'``)."""
         return self.action == "search"
 
 

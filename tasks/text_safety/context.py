@@ -38,6 +38,8 @@ class Doc:
 
     @property
     def tokens(self) -> list[tuple[int, int, str]]:
+        """Word tokens as (start, end, lower-case form with ’ as '), character offsets into ``text``; computed
+        on first use."""
         if self._tokens is None:
             self._tokens = [
                 (m.start(), m.end(), m.group(0).lower().replace("\u2019", "'"))
@@ -222,6 +224,9 @@ def _cancelled(rule: Rule, text: str, start: int, end: int) -> bool:
 
 
 def rule_hits(rule: Rule, doc: Doc, lex: Lexicon) -> Iterator[re.Match[str]]:
+    """Matches of ``rule`` in ``doc`` that survive its exceptions and context checks (age at or above
+    ``flag_below``, ``unless`` patterns, next noun, owner, nearest being, subject, appositive, titles), in
+    text order."""
     for m in rule.regex.finditer(doc.text):
         if rule.kind == "age":
             age = _age_of(m)

@@ -112,4 +112,6 @@ def cues_present(rule, lowered: str) -> bool:
 
 
 def any_cue(cues: frozenset[str] | None, lowered: str) -> bool:
+    """May a pattern with these ``cues`` match ``lowered`` (a lower-case text)?  True when ``cues`` is None
+    (no shortcut)."""
     return cues is None or any(c in lowered for c in cues)

@@ -48,6 +48,8 @@ _ENGLISH_FUNCTION_WORDS = frozenset(
 
 @dataclass(frozen=True)
 class LanguageGuess:
+    """The language a text is in, how sure the guess is, and how it was made."""
+
     code: str          # ISO 639-1 ("en", "ru", ...), or "und" for a text without letters
     confidence: float  # 0..1; 1.0 for the vocabulary test
     method: str        # "vocabulary", "lingua" or "none"
@@ -83,6 +85,8 @@ def detect_language(text: str) -> LanguageGuess:
 
 @dataclass(frozen=True)
 class ForeignLexicon:
+    """Child words of the non-English languages the filter reads, as listed and as Snowball stems."""
+
     words: dict[str, frozenset[str]]  # language -> listed forms, lower case
     stems: dict[str, frozenset[str]]  # language -> their Snowball stems
     prefixes: frozenset[str] = frozenset()  # first two letters of every word and stem: a cheap pre-check

@@ -182,6 +182,8 @@ _LIST_KEYS = {"animals", "things", "people", "function_words", "copulas", "hedge
 
 @dataclass(frozen=True)
 class Rule:
+    """One lexicon rule: its pattern, the cheap pre-check cues, and the context that cancels a match."""
+
     id: str
     description: str
     kind: str  # "words" (any match blocks) or "age" (the number must be below flag_below)
@@ -200,6 +202,9 @@ class Rule:
 
 @dataclass(frozen=True)
 class Lexicon:
+    """The parsed lexicon file (``compliance/child_lexicon.toml``): its rules and the word lists the context
+    checks use."""
+
     path: Path
     version: str
     rules: tuple[Rule, ...]
@@ -213,6 +218,7 @@ class Lexicon:
 
     @property
     def rule_ids(self) -> tuple[str, ...]:
+        """Ids of the rules, in file order."""
         return tuple(r.id for r in self.rules)
 
 

@@ -38,6 +38,8 @@ RARE_WORD_COUNT = 100_000
 
 @dataclass(frozen=True)
 class Normalized:
+    """A text in the form the lexicon judges, and the names of the ``normalize`` steps that changed it."""
+
     text: str
     steps: tuple[str, ...]
 

@@ -109,6 +109,8 @@ def parse_number(text: str) -> float | None:
 
 
 def parse_ordinal(text: str) -> float | None:
+    """The value of an ordinal: leading digits ("21st" -> 21.0) or ordinal and tens words ("twenty-first" ->
+    21.0); None when a word is neither."""
     text = text.lower().strip()
     digits = re.match(r"(\d+)", text)
     if digits:
@@ -125,6 +127,7 @@ def parse_ordinal(text: str) -> float | None:
 
 
 def unit_in_years(unit: str | None) -> float:
+    """Years per ``unit`` (year, month, week, day, else hour), by its first letters; None counts as years."""
     unit = (unit or "year").lower()
     if unit.startswith("y"):
         return 1.0

@@ -13,9 +13,9 @@ photos as (
 ),
 
 final as (
-    select captions.caption_image as image, captions.caption_image, captions.caption_id, captions.caption_text
+    select captions.described_image as image, captions.described_image, captions.caption_id, captions.caption_text
     from captions
-    join photos on photos.image = captions.caption_image
+    join photos on photos.image = captions.described_image
     anti join caption_flags using (caption_id)
 )
 

@@ -50,7 +50,7 @@ final as (
         weighted.image,
         weighted.caption_id,
         captions.caption_text,
-        captions.caption_image,
+        captions.described_image,
         weighted.expert_1,
         weighted.expert_2,
         weighted.expert_3,
@@ -61,7 +61,7 @@ final as (
             + weighted.crowd_weight * coalesce(weighted.crowd_share, 0))
             / (weighted.expert_votes + weighted.crowd_weight)   as target,
         weighted.expert_votes + weighted.crowd_weight           as n_judges,
-        weighted.image = captions.caption_image                 as is_own_caption
+        weighted.image = captions.described_image               as is_own_description
     from weighted
     -- Judgments of captions whose text is not in train_dataset.csv cannot be learned from.
     join captions using (caption_id)

@@ -12,7 +12,7 @@ with flags as (
 
 own as (
     select
-        captions.caption_image      as image,
+        captions.described_image    as image,
         'own_caption'               as reason,
         flags.rule,
         captions.caption_id
@@ -28,7 +28,7 @@ matched as (
         targets.caption_id
     from {{ ref('relevance_targets') }} as targets
     join flags using (caption_id)
-    where targets.target >= {{ var('match_target_threshold') }} and not targets.is_own_caption
+    where targets.target >= {{ var('match_target_threshold') }} and not targets.is_own_description
 ),
 
 train_photos as (

@@ -8,7 +8,7 @@ renamed as (
     select distinct
         query_id                               as caption_id,
         query_text                             as caption_text,
-        split_part(query_id, '#', 1)           as caption_image,
+        split_part(query_id, '#', 1)           as described_image,
         cast(split_part(query_id, '#', 2) as integer) as caption_n
     from source
 ),

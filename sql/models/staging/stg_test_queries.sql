@@ -7,7 +7,7 @@ renamed as (
     select
         query_id,
         query_text,
-        image               as written_for_image
+        image               as described_image
     from source
 ),
 
