@@ -56,7 +56,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     a = p.parse_args(argv)
     from tasks import embed
-    from tasks.train import TrainConfig, cross_validate, load_model, load_training_set
+    from models.relevance_model import load_model
+    from tasks.train import TrainConfig, cross_validate, load_training_set
 
     wh = Warehouse(a.warehouse)
     tmp = Path(tempfile.mkdtemp(prefix="fusion-bench-"))

@@ -55,7 +55,7 @@ def load_sources(warehouse: Path, seed: int = 0):
     import polars as pl
 
     from tasks.embedding_cache import encoder_dir
-    from tasks.train import load_model
+    from models.relevance_model import load_model
 
     cards = sorted(warehouse.glob("models/*/card.json"), key=lambda p: p.stat().st_mtime)
     if cards:
@@ -74,7 +74,7 @@ def load_sources(warehouse: Path, seed: int = 0):
     from models.features import pair_features
     from models.lgbm_head import LgbmHead
     from models.mlp_head import MlpHead
-    from tasks.train import FittedModel
+    from models.relevance_model import FittedModel
 
     base = np.abs(rng.standard_normal((1100, 1280))).astype(np.float32)
     pool = rng.standard_normal((1500, 384)).astype(np.float32)

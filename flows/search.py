@@ -34,7 +34,7 @@ from tasks.config import DISCLAIMER, OptionalPath, resolve_warehouse_dir
 from tasks.descriptions import description_scores, gallery_descriptions
 from tasks.embedding_cache import encoder_dir, load_cached, text_sha
 from tasks.rank import WITHHELD_NOTE, build_results, order_candidates, photo_verdicts
-from tasks.train import load_model
+from models.relevance_model import load_model
 from tasks.atomic import atomic_write_parquet
 from tasks.warehouse import Warehouse, connect
 

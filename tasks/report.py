@@ -314,7 +314,7 @@ def report_task(db: Path, run_id: str, wh: Warehouse, data_dir: Path, images, te
 def rebuild(warehouse_dir: Path, run_id: str | None = None, data_dir: Path | None = None) -> Path:
     """The report of a published run, from the warehouse alone (model folder, embedding cache)."""
     from tasks.embedding_cache import encoder_dir, load_cached, text_sha
-    from tasks.train import load_model
+    from models.relevance_model import load_model
 
     wh = Warehouse(Path(warehouse_dir))
     with connect(wh.db_path, read_only=True) as con:

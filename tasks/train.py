@@ -21,19 +21,18 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from safetensors.numpy import load_file, save_file
 
 from models.bridge import Bridge, BridgeConfig
-from models.features import HEADS, bridge_cosine, bridge_score, pair_features
+from models.features import HEADS, bridge_score, pair_features
 from models.fusion import FEATURE_SETS, MIN_GAIN, Fusion
 from models.lgbm_head import LgbmConfig, LgbmHead
 from models.mlp_head import MlpConfig, MlpHead
+from models.relevance_model import FittedModel, load_model, save_model
 from tasks.config import SEED
 from tasks.descriptions import cross_validate_fusion, pair_description_scores
 from tasks.evaluate import judgment_agreement, rank_metrics, retrieval_ranks
 from tasks.progress import track
 from tasks.sql_project import project_var
-from tasks.atomic import atomic_write_bytes
 
 SELECTION_METRIC = "expert_kendall_tau_c"
 # Bump when the saved model's meaning changes, so older saved heads are never reused.
@@ -313,40 +312,6 @@ def fusion_table(ts: TrainingSet, cv: CrossValidation, config: TrainConfig) -> t
                        config.folds, config.seed)
 
 
-@dataclass
-class FittedModel:
-    """The bridge, the heads, the chosen head and the description fusions: what a run scores with."""
-
-    bridge: Bridge
-    heads: dict[str, object]
-    head: str
-    fingerprint: str = ""
-    settings: dict = field(default_factory=dict)  # what the model card reports: config, data, timing
-    fusions: dict[str, Fusion] = field(default_factory=dict)  # head -> fusion with the description channel
-
-    def fuse(self, score: np.ndarray, desc_max: np.ndarray, desc_mean: np.ndarray,
-             head: str | None = None) -> np.ndarray:
-        """The product's score: the head's ``score`` fused with the description channel
-        (models/fusion.py); the head's score itself when no fusion was fitted (no training
-        pair had a description)."""
-        f = self.fusions.get(head or self.head)
-        return np.asarray(score, np.float32) if f is None else f.score(score, desc_max, desc_mean)
-
-    def score(self, img: np.ndarray, txt: np.ndarray, img_idx: np.ndarray, txt_idx: np.ndarray,
-              head: str | None = None) -> np.ndarray:
-        """Scores (n,) in [0, 1] of the pairs (``img[img_idx[k]]``, ``txt[txt_idx[k]]``) by ``head`` (default:
-        the chosen one)."""
-        name = head or self.head
-        if name == "bridge":
-            return bridge_score(bridge_cosine(self.bridge, img, txt, img_idx, txt_idx))
-        return self.heads[name].predict(pair_features(self.bridge, img, txt, img_idx, txt_idx))
-
-    def score_matrix(self, img: np.ndarray, txt: np.ndarray, head: str | None = None) -> np.ndarray:
-        """Scores [texts, photos] for every text against every photo."""
-        ti, ii = np.meshgrid(np.arange(len(txt)), np.arange(len(img)), indexing="ij")
-        return self.score(img, txt, ii.ravel(), ti.ravel(), head).reshape(len(txt), len(img))
-
-
 def fit_final(ts: TrainingSet, config: TrainConfig, head: str) -> FittedModel:
     """The bridge and heads fitted on every training photo; the heads learn from the photos' leave-one-out
     maps, as in cross-validation."""
@@ -354,41 +319,6 @@ def fit_final(ts: TrainingSet, config: TrainConfig, head: str) -> FittedModel:
     bridge, mapped = fit_bridge(ts, everything, None, config)
     x = pair_features(bridge, ts.img, ts.txt, ts.pair_img, ts.pair_txt, img_text=mapped)
     return FittedModel(bridge, fit_heads(x, ts.target, ts.weight, config), head)
-
-
-# ------------------------------------------------------------- saving (no pickle)
-
-
-def save_model(model: FittedModel, folder: Path, card: dict) -> Path:
-    """Write the model to ``folder``: ``bridge.safetensors``, ``mlp.safetensors``, ``lgbm.txt``,
-    ``model.json`` (head, MLP shape, fusions) and ``card.json``; returns ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    mlp = model.heads["mlp"]
-    save_file(model.bridge.state_dict(), str(folder / "bridge.safetensors"))
-    save_file({k: v.numpy() for k, v in mlp.state_dict().items()}, str(folder / "mlp.safetensors"))
-    atomic_write_bytes(model.heads["lgbm"].to_text().encode(), folder / "lgbm.txt")
-    meta = {"head": model.head, "mlp_n_in": int(mlp.mean.shape[0]), "mlp_config": asdict(mlp.config)}
-    meta["fusions"] = {h: f.to_dict() for h, f in model.fusions.items()}
-    atomic_write_bytes(json.dumps(meta, indent=2).encode(), folder / "model.json")
-    atomic_write_bytes(json.dumps(card, indent=2, default=str).encode(), folder / "card.json")
-    return folder
-
-
-def load_model(folder: Path) -> FittedModel:
-    """Inverse of ``save_model`` (without ``fingerprint`` and ``settings``).
-
-    Raises:
-        FileNotFoundError: ``model.json`` or ``lgbm.txt`` is missing.
-    """
-    import torch
-
-    meta = json.loads((folder / "model.json").read_text())
-    mlp = MlpHead(meta["mlp_n_in"], MlpConfig(**meta["mlp_config"]))
-    mlp.load_state_dict({k: torch.from_numpy(v) for k, v in load_file(str(folder / "mlp.safetensors")).items()})
-    heads = {"lgbm": LgbmHead.from_text((folder / "lgbm.txt").read_text()), "mlp": mlp.eval()}
-    fusions = {h: Fusion.from_dict(d) for h, d in meta.get("fusions", {}).items()}
-    return FittedModel(Bridge.from_state_dict(load_file(str(folder / "bridge.safetensors"))), heads, meta["head"],
-                       fusions=fusions)
 
 
 # ---------------------------------------------------------------- Prefect task

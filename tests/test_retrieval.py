@@ -13,7 +13,7 @@ from models.bridge import Bridge, BridgeConfig
 from models.lgbm_head import LgbmConfig, LgbmHead
 from models.features import pair_features
 from tasks import retrieval as r
-from tasks.train import FittedModel
+from models.relevance_model import FittedModel
 
 
 def unit(rng, n, d):
