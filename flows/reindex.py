@@ -27,7 +27,7 @@ import tasks  # noqa: F401  (torchvision shim first)
 from prefect import flow, get_run_logger
 from pydantic import AfterValidator, Field
 
-from tasks import compliance, distributed, embed, evaluate, export, ingest, rank, report, train, transform
+from tasks import compliance, distributed, embed, evaluate_stage, export, ingest, rank, report, train, transform
 from tasks.config import DATA_DIR_HELP, WAREHOUSE_HELP, OptionalPath, resolve_data_dir, resolve_warehouse_dir
 from tasks.warehouse import Warehouse, open_work_copy, publish, reindex_lock
 
@@ -118,7 +118,7 @@ def reindex(
         lap("photo_guard")
         model = train.train_heads_task(db, run_id, images, texts, wh.models_dir, head)
         lap("relevance_heads")
-        evaluate.evaluate_retrieval_task(db, run_id, images, texts, model)
+        evaluate_stage.evaluate_stage(db, run_id, wh, images, texts, model)
         lap("evaluate")
         results = rank.rank_queries(tr, db, run_id, images, texts, model, top_k, wh.root / "index")
         lap("rank")

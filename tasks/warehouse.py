@@ -69,6 +69,11 @@ class Warehouse:
         return self.root / "embeddings"
 
     @property
+    def results_dir(self) -> Path:
+        """``<root>/results``: Prefect's persisted task results, by cache key (``result_storage``)."""
+        return self.root / "results"
+
+    @property
     def models_dir(self) -> Path:
         """``<root>/models``: fitted models."""
         return self.root / "models"
@@ -292,6 +297,14 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def result_storage(wh: Warehouse) -> Path:
+    """Where Prefect persists cached task results (and their cache records) of runs on ``wh``:
+    ``wh.results_dir``, as a path (Prefect makes it a local file system, no block saved on any
+    server), so the reuse goes with the warehouse and never crosses to another one."""
+    wh.results_dir.mkdir(parents=True, exist_ok=True)
+    return wh.results_dir
 
 
 def connect(db_path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
