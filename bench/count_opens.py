@@ -25,20 +25,34 @@ import tempfile
 from collections import Counter
 
 # 1234  openat(AT_FDCWD, "/data/x.jpg", O_RDONLY|O_CLOEXEC) = 5
-CALL = re.compile(r'^\d+\s+(?:open|openat|openat2)\((?:[^,]+,\s*)?"((?:[^"\\]|\\.)*)".*\)\s+=\s+(-?\d+)')
+# or, when another thread's call came between, split in two lines:
+# 1234  openat(AT_FDCWD, "/data/x.jpg", O_RDONLY|O_CLOEXEC <unfinished ...>
+# 1234  <... openat resumed>) = 5
+CALL = re.compile(r'^(\d+)\s+(?:open|openat|openat2)\((?:[^,"]+,\s*)?"((?:[^"\\]|\\.)*)"(.*)$')
+RESUMED = re.compile(r'^(\d+)\s+<\.\.\. (?:open|openat|openat2) resumed>.*\)\s+=\s+(-?\d+)')
+RESULT = re.compile(r'\)\s+=\s+(-?\d+)')
 
 
 def count(log: str, roots: tuple[str, ...], cwd: str) -> Counter[str]:
     """Successful opens per path under ``roots`` in an ``strace -f`` log."""
     counts: Counter[str] = Counter()
-    with open(log, errors="replace") as f:
-        for line in f:
-            m = CALL.match(line)
-            if not m or int(m[2]) < 0:
-                continue
-            path = os.path.normpath(os.path.join(cwd, m[1].encode().decode("unicode_escape")))
+    pending: dict[str, str] = {}  # pid -> path of its unfinished call
+
+    def add(path: str, result: str) -> None:
+        if int(result) >= 0:
+            path = os.path.normpath(os.path.join(cwd, path.encode().decode("unicode_escape")))
             if path.startswith(roots):
                 counts[path] += 1
+
+    with open(log, errors="replace") as f:
+        for line in f:
+            if m := CALL.match(line):
+                if "<unfinished ...>" in m[3]:
+                    pending[m[1]] = m[2]
+                elif r := RESULT.search(m[3]):
+                    add(m[2], r[1])
+            elif (m := RESUMED.match(line)) and m[1] in pending:
+                add(pending.pop(m[1]), m[2])
     return counts
 
 

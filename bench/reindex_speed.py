@@ -214,8 +214,8 @@ def main() -> None:
     md = [f"# Reindex speed: cold, no change, 10 new photos ({'server' if a.server else 'ephemeral'})",
           f"Each mode is one `python -m flows.reindex` process on a copy of the real data, against {mode}.  "
           "wall s: process start to exit, timed from outside; flow s: the flow body up to the summary "
-          "(runs.wall_seconds); photo opens: how often each of the photo files was opened (every `open` "
-          "audit event of the process, bench/count_opens.py).", "",
+          "(runs.wall_seconds); photo opens: how often each of the photo files was opened (every successful "
+          "open system call of any process of the run, traced with strace: bench/count_opens.py).", "",
           "| mode | wall s | vs cold | flow s | peak RSS MiB | photo files opened | most opens of one file | files by opens |",
           "|---|---|---|---|---|---|---|---|"]
     for name, (wall, rss, flow_s, _, _, op) in rows:
