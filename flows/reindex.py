@@ -29,7 +29,7 @@ from pydantic import AfterValidator, Field
 
 from tasks import compliance, distributed, embed, evaluate_stage, export, ingest, rank, report, train, transform
 from tasks.config import DATA_DIR_HELP, WAREHOUSE_HELP, OptionalPath, resolve_data_dir, resolve_warehouse_dir
-from tasks.warehouse import Warehouse, open_work_copy, publish, reindex_lock
+from tasks.warehouse import Warehouse, open_work_copy, publish, reindex_lock, result_storage
 
 Head = Literal["auto", "bridge", "lgbm", "mlp"]
 
@@ -120,7 +120,8 @@ def reindex(
         lap("relevance_heads")
         evaluate_stage.evaluate_stage(db, run_id, wh, images, texts, model)
         lap("evaluate")
-        results = rank.rank_queries(tr, db, run_id, images, texts, model, top_k, wh.root / "index")
+        results = rank.rank_queries(tr, db, run_id, images, texts, model, top_k, wh.root / "index",
+                                    result_storage(wh))
         lap("rank")
         dbt_steps.append(transform.test_task(db, run_id, wh))
         lap("dbt_test")

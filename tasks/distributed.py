@@ -125,6 +125,12 @@ def task_runner(runner: str = "local", n_workers: int = 2) -> TaskRunner:
     return DaskTaskRunner(address=address)
 
 
+def on_this_machine(tr: TaskRunner) -> bool:
+    """Whether ``tr`` runs its tasks on this machine (a thread pool or a local Dask cluster),
+    so they can read and write the warehouse folder (e.g. Prefect's persisted results)."""
+    return getattr(tr, "address", None) is None
+
+
 @contextmanager
 def open_runner(runner: str = "local", n_workers: int = 2) -> Iterator[TaskRunner]:
     """The started task runner for a flow run (enter it inside the flow).
