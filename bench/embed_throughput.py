@@ -1,6 +1,7 @@
 """Image-encoder throughput benchmark (not a test): photos/s end to end, torch vs ONNX Runtime.
 
-    python bench/embed_throughput.py                     # the pipeline's default configuration
+    python bench/embed_throughput.py                     # the pipeline's default configuration:
+                                                         #   writes bench/results/embed_throughput.{json,md}
     python bench/embed_throughput.py --variants lite2 lite0 --precisions fp32 int8   # per network
 
 Default (pipeline) mode: the embedding step exactly as the reindex runs it,
@@ -197,17 +198,18 @@ def run_backend(variant, backend, precision, paths, calib, batch_size, workers, 
 # ----------------------------------------------------------------------------- pipeline mode (child)
 
 
-def run_pipeline(paths, cache_dir, repeats, max_wait, precision: str = "") -> dict:
-    """The reindex's embedding step on ``paths``: both views, one decode per photo, both caches
-    written (into a fresh temporary folder per pass).  Setup and one warm-up batch excluded.
-    ``precision`` ('fp32' / 'int8') overrides the views' precision, '' keeps the defaults."""
+def run_pipeline(paths, cache_dir, repeats, max_wait, precision: str = "", faces: bool = True) -> dict:
+    """The reindex's embedding step on ``paths``: both views and (``faces``) the face signal,
+    one decode per photo, every cache written (into a fresh temporary folder per pass).  Setup
+    and one warm-up batch excluded.  ``precision`` ('fp32' / 'int8') overrides the views'
+    precision, '' keeps the defaults."""
     import tempfile
     from dataclasses import replace
 
     import models  # noqa: F401
     from models.image_encoder import encode_views, photo_hash
     from tasks.embed import embed_photos, photo_encoders
-    from tasks.embedding_cache import calibration_sample, encoder_dir, load_cached
+    from tasks.embedding_cache import FACES, calibration_sample, encoder_dir, load_cached
 
     shas = [photo_hash(p) for p in paths]  # ingest hashes the files; not part of embedding
     if precision:
@@ -226,7 +228,7 @@ def run_pipeline(paths, cache_dir, repeats, max_wait, precision: str = "") -> di
             wait_idle(max_wait)
             root = Path(tmp) / f"pass{r}"
             j0, c0, t = busy_jiffies(), own_cpu_seconds(), time.perf_counter()
-            embed_photos(paths, shas, root, encoders)
+            embed_photos(paths, shas, root, encoders, faces=FACES if faces else None)
             wall = time.perf_counter() - t
             others = (busy_jiffies() - j0) / os.sysconf("SC_CLK_TCK") - (own_cpu_seconds() - c0)
             rates.append(len(paths) / wall)
@@ -269,6 +271,8 @@ def pipeline_main(args, paths, ctx_child, peak, gemm, threads) -> None:
     n_ref = min(len(paths), args.torch_limit or len(paths))
     print(f"running the pipeline's embedding step ({args.repeats} passes over {len(paths)} photos) ...", flush=True)
     pipe = ctx_child(run_pipeline, paths, str(args.cache_dir), args.repeats, args.wait_idle)
+    print("running the same step without the face signal ...", flush=True)
+    views_only = ctx_child(run_pipeline, paths, str(args.cache_dir), args.repeats, args.wait_idle, "", False)
     fp32 = None
     if args.also_fp32:
         print("running the same step with both views in ONNX fp32 ...", flush=True)
@@ -290,6 +294,8 @@ def pipeline_main(args, paths, ctx_child, peak, gemm, threads) -> None:
     if fp32:
         rows.append(("onnx fp32 (both views)", float(np.median(fp32["rates"])),
                      "/".join(f"{x:.0f}" for x in fp32["rates"]), max(fp32["bg"])))
+    rows.append(("views only (no faces)", float(np.median(views_only["rates"])),
+                 "/".join(f"{x:.0f}" for x in views_only["rates"]), max(views_only["bg"])))
     rows.append(("pipeline default", rate, runs, max(pipe["bg"])))
     for label, r, rr, b in rows:
         g = r * per_photo
@@ -304,13 +310,44 @@ def pipeline_main(args, paths, ctx_child, peak, gemm, threads) -> None:
             top1 = f"{d['top1']:.3f}" if o == "logits" else ""
             print(f"  {kind:<12}{o:<14}{d['max_abs']:>10.2e}{d['cos_min']:>10.5f}{d['cos_mean']:>10.5f}{top1:>7}")
     print(f"""
-photos/s: end to end (read + decode + resize + both forwards + both Parquet caches written),
-  median of the passes; the torch reference decodes in the same loop but writes nothing.
+photos/s: end to end (read + decode + resize + both forwards + the face signal on the decoded
+  photo + every Parquet cache written), median of the passes; "views only" leaves the faces out;
+  the torch reference decodes in the same loop but writes nothing.
 GFLOP/s = {per_photo:.3f} GFLOP/photo x photos/s; %peak of the {peak:.0f} GFLOP/s fp32 peak above (int8
   work counted as the same FLOPs); %GEMM of the measured GEMM rate.  bg: cores used by other
   processes during the timed passes (the machine is shared; > 0.1 makes the row suspect).
 setup (sessions, plus any ONNX export / int8 calibration not cached yet in --cache-dir):
   {pipe['setup_s']:.1f} s; peak RSS {pipe['rss_mib']:.0f} MiB.""")
+    tolerance = []
+    for kind, outs in ref["arrays"].items():
+        for o, want in outs.items():
+            d = deviation(pipe["arrays"][kind][o][:n_ref], pipe["arrays"][kind]["logits"][:n_ref], want, outs["logits"])
+            tolerance.append({"view": kind, "output": o, **{k: float(v) for k, v in d.items()}})
+    table = [{"step": label, "photos_per_s": round(r, 2), "passes": rr, "x_torch": round(r / ref["rate"], 2),
+              "gflop_per_s": round(r * per_photo, 1), "share_of_fp32_peak": round(r * per_photo / peak, 3),
+              "background_cores": round(b, 2)} for label, r, rr, b in rows]
+    md = ["# Embedding step throughput (the reindex's configuration)",
+          f"{len(paths)} photos; views per photo (one decode each): "
+          + ", ".join(f"{kind} `{version}` {gflop[kind]:.3f} GFLOP" for kind, (cfg, version) in pipe["views"].items())
+          + f"; fp32 peak assumed {peak:.0f} GFLOP/s, measured GEMM {gemm:.0f} GFLOP/s.", "",
+          "| step | photos/s | passes | × torch | GFLOP/s | share of fp32 peak | other processes (cores) |",
+          "|---|---|---|---|---|---|---|"]
+    md += [f"| {t['step']} | {t['photos_per_s']} | {t['passes']} | {t['x_torch']} | {t['gflop_per_s']} | "
+           f"{100 * t['share_of_fp32_peak']:.0f} % | {t['background_cores']} |" for t in table]
+    md += ["", f"Feature tolerance against the torch fp32 reference ({n_ref} photos):", "",
+           "| view | output | max abs diff | cosine min | cosine mean | top-1 agreement |", "|---|---|---|---|---|---|"]
+    md += [f"| {t['view']} | {t['output']} | {t['max_abs']:.2e} | {t['cos_min']:.5f} | {t['cos_mean']:.5f} | "
+           f"{t['top1']:.3f} |" for t in tolerance]
+    md += ["", "photos/s: end to end (read + decode + resize + both forwards + the face signal on the decoded photo "
+           "+ every cache written), median of the passes; 'views only' leaves the faces out; the torch reference "
+           f"decodes in the same loop and writes nothing.  Setup {pipe['setup_s']:.1f} s, peak RSS "
+           f"{pipe['rss_mib']:.0f} MiB."]
+    from bench import results_io
+
+    for path in results_io.write("embed_throughput", {"photos": len(paths), "steps": table, "tolerance": tolerance,
+                                                     "gflop_per_photo": gflop, "peak_gflops": peak, "gemm_gflops": gemm},
+                                 md):
+        print("wrote", path)
 
 
 # ----------------------------------------------------------------------------- quality

@@ -68,13 +68,6 @@ def record_stage(con: duckdb.DuckDBPyConnection, run_id: str, stage: str, fp: st
     con.execute("INSERT INTO run_stages VALUES (?, ?, ?, ?)", [run_id, stage, fp, reused_from])
 
 
-def copy_run_rows(con: duckdb.DuckDBPyConnection, table: str, src_run: str, run_id: str, where: str = "true") -> None:
-    """An earlier run's rows of a history table (those matching ``where``) as this run's."""
-    con.execute(f"DELETE FROM {table} WHERE run_id = ? AND ({where})", [run_id])
-    con.execute(f"INSERT INTO {table} BY NAME SELECT * REPLACE (?::VARCHAR AS run_id) FROM {table} "
-                f"WHERE run_id = ? AND ({where})", [run_id, src_run])
-
-
 def query(db: Path, sql: str, params: list | None = None) -> pl.DataFrame:
     """Rows of ``sql`` with ``params`` as a polars frame, on a fresh (read-write) connection to ``db``."""
     with connect(db, read_only=False) as con:
