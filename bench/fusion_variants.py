@@ -57,7 +57,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     from tasks import embed
     from models.relevance_model import load_model
-    from tasks.train import TrainConfig, cross_validate, load_training_set
+    from tasks.train import TrainConfig, cross_validate
+    from tasks.train_stage import load_training_set
 
     wh = Warehouse(a.warehouse)
     tmp = Path(tempfile.mkdtemp(prefix="fusion-bench-"))

@@ -27,7 +27,8 @@ import tasks  # noqa: F401  (torchvision shim first)
 from prefect import flow, get_run_logger
 from pydantic import AfterValidator, Field
 
-from tasks import compliance, distributed, embed, evaluate_stage, export, ingest, rank, report, train, transform
+from tasks import (compliance_stage, distributed, embed, evaluate_stage, export, ingest, ingest_stage, rank_stage,
+                   report_stage, train_stage, transform_stage)
 from tasks.config import DATA_DIR_HELP, WAREHOUSE_HELP, OptionalPath, resolve_data_dir, resolve_warehouse_dir
 from tasks.warehouse import Warehouse, open_work_copy, publish, reindex_lock, result_storage
 
@@ -93,13 +94,13 @@ def reindex(
         # Seconds per stage, for the run summary (runs.summary_json) and the speed benchmark.
         stages: dict[str, float] = {}
         lap = Lap(stages)
-        ingested = ingest.ingest_task(data_dir, db)
-        ledger = ingest.load_task(db, run_id, ingested, str(data_dir), top_k)
+        ingested = ingest_stage.ingest_task(data_dir, db)
+        ledger = ingest_stage.load_task(db, run_id, ingested, str(data_dir), top_k)
         lap("ingest")
         # dbt (sql/): models and their data tests in graph-selected steps; a failing test stops the run.
-        dbt_steps = [transform.build_staging_task(db, run_id, wh)]
-        flags = compliance.flag_texts_task(db, run_id)
-        dbt_steps.append(transform.build_marts_task(db, run_id, wh))
+        dbt_steps = [transform_stage.build_staging_task(db, run_id, wh)]
+        flags = compliance_stage.flag_texts_task(db, run_id)
+        dbt_steps.append(transform_stage.build_marts_task(db, run_id, wh))
         lap("sql_and_text_flags")
 
         # The networks are built (ONNX export, int8 calibration) in their own task, once per
@@ -114,21 +115,21 @@ def reindex(
         texts = embed.embed_texts_task(db, wh.embeddings_dir, wh.models_dir / "onnx")
         lap("embed_texts")
 
-        guard = compliance.photo_guard_task(db, run_id, images, wh.embeddings_dir, wh.models_dir)
+        guard = compliance_stage.photo_guard_task(db, run_id, images, wh.embeddings_dir, wh.models_dir)
         lap("photo_guard")
-        model = train.train_heads_task(db, run_id, images, texts, wh.models_dir, head)
+        model = train_stage.train_heads_task(db, run_id, images, texts, wh.models_dir, head)
         lap("relevance_heads")
         evaluate_stage.evaluate_stage(db, run_id, wh, images, texts, model)
         lap("evaluate")
-        results = rank.rank_queries(tr, db, run_id, images, texts, model, top_k, wh.root / "index",
+        results = rank_stage.rank_queries(tr, db, run_id, images, texts, model, top_k, wh.root / "index",
                                     result_storage(wh))
         lap("rank")
-        dbt_steps.append(transform.test_task(db, run_id, wh))
+        dbt_steps.append(transform_stage.test_task(db, run_id, wh))
         lap("dbt_test")
         summary = export.finish_run_task(db, run_id, wh, ledger, flags, images, texts, model, guard, results,
                                          time.monotonic() - started, stages)
-        report.report_task(db, run_id, wh, data_dir, images, texts, model, summary)
-        transform.docs_task(db, run_id, wh, dbt_steps)
+        report_stage.report_task(db, run_id, wh, data_dir, images, texts, model, summary)
+        transform_stage.docs_task(db, run_id, wh, dbt_steps)
         publish(wh, run_id)
     print(export.format_summary(summary))
     return summary
