@@ -7,10 +7,12 @@ Runs on Prefect's ephemeral server by default, or on a running server when
 PREFECT_API_URL is set.  The warehouse is published atomically at the end.
 
 Incremental: every run is a full flow run with every task, but each task does only the
-work its changed inputs need.  Photos whose file is unchanged are not re-read (ingest),
-only new content hashes are embedded (embed), the photo guard and the heads are refitted
-only when their training inputs changed, and evaluation and ranking are copied from the
-last run whose inputs were the same (table run_stages says which stages reused what).
+work its changed inputs need.  Photos whose file is unchanged are not re-read (ingest);
+only new content hashes are decoded, embedded and looked at for faces (embed: the last
+stage that opens a photo file, apart from a report thumbnail made once); the photo guard
+and the heads are refitted only when their training inputs changed (content-keyed fitted
+files); evaluation and ranking are Prefect tasks cached on their inputs' content, with
+results persisted in the warehouse; table run_stages says which run computed what.
 """
 
 from __future__ import annotations
