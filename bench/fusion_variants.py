@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     from prefect.logging import disable_run_logger
 
     with disable_run_logger():  # the tasks' bodies, outside a flow: everything comes from the caches
-        images = embed.embed_images_task.fn(db, a.data_dir, wh.embeddings_dir, wh.models_dir / "onnx")
+        images = embed.embed_images_task.fn(db, wh.embeddings_dir, wh.models_dir / "onnx")
         texts = embed.embed_texts_task.fn(db, wh.embeddings_dir, wh.models_dir / "onnx")
     model = load_model(wh.models_dir / fp)
     config = TrainConfig()

@@ -112,7 +112,7 @@ def reindex(
         embed.build_encoders_task(db, data_dir, wh.models_dir / "onnx")
         lap("build_encoders")
         sharded = distributed.fill_image_cache(tr, db, data_dir, wh.embeddings_dir, wh.models_dir / "onnx")
-        images = embed.embed_images_task(db, data_dir, wh.embeddings_dir, wh.models_dir / "onnx", sharded)
+        images = embed.embed_images_task(db, wh.embeddings_dir, wh.models_dir / "onnx", sharded)
         lap("embed_images")
         texts = embed.embed_texts_task(db, wh.embeddings_dir, wh.models_dir / "onnx")
         lap("embed_texts")
