@@ -57,7 +57,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     from tasks import embed
     from models.relevance_model import load_model
-    from tasks.train import TrainConfig, cross_validate, load_training_set
+    from tasks.train import TrainConfig, cross_validate
+    from tasks.train_stage import load_training_set
 
     wh = Warehouse(a.warehouse)
     tmp = Path(tempfile.mkdtemp(prefix="fusion-bench-"))
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     from prefect.logging import disable_run_logger
 
     with disable_run_logger():  # the tasks' bodies, outside a flow: everything comes from the caches
-        images = embed.embed_images_task.fn(db, a.data_dir, wh.embeddings_dir, wh.models_dir / "onnx")
+        images = embed.embed_images_task.fn(db, wh.embeddings_dir, wh.models_dir / "onnx")
         texts = embed.embed_texts_task.fn(db, wh.embeddings_dir, wh.models_dir / "onnx")
     model = load_model(wh.models_dir / fp)
     config = TrainConfig()

@@ -7,10 +7,12 @@ Runs on Prefect's ephemeral server by default, or on a running server when
 PREFECT_API_URL is set.  The warehouse is published atomically at the end.
 
 Incremental: every run is a full flow run with every task, but each task does only the
-work its changed inputs need.  Photos whose file is unchanged are not re-read (ingest),
-only new content hashes are embedded (embed), the photo guard and the heads are refitted
-only when their training inputs changed, and evaluation and ranking are copied from the
-last run whose inputs were the same (table run_stages says which stages reused what).
+work its changed inputs need.  Photos whose file is unchanged are not re-read (ingest);
+only new content hashes are decoded, embedded and looked at for faces (embed: the last
+stage that opens a photo file, apart from a report thumbnail made once); the photo guard
+and the heads are refitted only when their training inputs changed (content-keyed fitted
+files); evaluation and ranking are Prefect tasks cached on their inputs' content, with
+results persisted in the warehouse; table run_stages says which run computed what.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import tasks  # noqa: F401  (torchvision shim first)
 from prefect import flow, get_run_logger
 from pydantic import AfterValidator, Field
 
-from tasks import compliance, distributed, embed, evaluate_stage, export, ingest, rank, report, train, transform
+from tasks import (compliance_stage, distributed, embed, evaluate_stage, export, ingest, ingest_stage, rank_stage,
+                   report_stage, train_stage, transform_stage)
 from tasks.config import DATA_DIR_HELP, WAREHOUSE_HELP, OptionalPath, resolve_data_dir, resolve_warehouse_dir
 from tasks.warehouse import Warehouse, open_work_copy, publish, reindex_lock, result_storage
 
@@ -93,13 +96,13 @@ def reindex(
         # Seconds per stage, for the run summary (runs.summary_json) and the speed benchmark.
         stages: dict[str, float] = {}
         lap = Lap(stages)
-        ingested = ingest.ingest_task(data_dir, db)
-        ledger = ingest.load_task(db, run_id, ingested, str(data_dir), top_k)
+        ingested = ingest_stage.ingest_task(data_dir, db)
+        ledger = ingest_stage.load_task(db, run_id, ingested, str(data_dir), top_k)
         lap("ingest")
         # dbt (sql/): models and their data tests in graph-selected steps; a failing test stops the run.
-        dbt_steps = [transform.build_staging_task(db, run_id, wh)]
-        flags = compliance.flag_texts_task(db, run_id)
-        dbt_steps.append(transform.build_marts_task(db, run_id, wh))
+        dbt_steps = [transform_stage.build_staging_task(db, run_id, wh)]
+        flags = compliance_stage.flag_texts_task(db, run_id)
+        dbt_steps.append(transform_stage.build_marts_task(db, run_id, wh))
         lap("sql_and_text_flags")
 
         # The networks are built (ONNX export, int8 calibration) in their own task, once per
@@ -109,26 +112,26 @@ def reindex(
         embed.build_encoders_task(db, data_dir, wh.models_dir / "onnx")
         lap("build_encoders")
         sharded = distributed.fill_image_cache(tr, db, data_dir, wh.embeddings_dir, wh.models_dir / "onnx")
-        images = embed.embed_images_task(db, data_dir, wh.embeddings_dir, wh.models_dir / "onnx", sharded)
+        images = embed.embed_images_task(db, wh.embeddings_dir, wh.models_dir / "onnx", sharded)
         lap("embed_images")
         texts = embed.embed_texts_task(db, wh.embeddings_dir, wh.models_dir / "onnx")
         lap("embed_texts")
 
-        guard = compliance.photo_guard_task(db, run_id, images, wh.embeddings_dir, wh.models_dir)
+        guard = compliance_stage.photo_guard_task(db, run_id, images, wh.embeddings_dir, wh.models_dir)
         lap("photo_guard")
-        model = train.train_heads_task(db, run_id, images, texts, wh.models_dir, head)
+        model = train_stage.train_heads_task(db, run_id, images, texts, wh.models_dir, head)
         lap("relevance_heads")
         evaluate_stage.evaluate_stage(db, run_id, wh, images, texts, model)
         lap("evaluate")
-        results = rank.rank_queries(tr, db, run_id, images, texts, model, top_k, wh.root / "index",
+        results = rank_stage.rank_queries(tr, db, run_id, images, texts, model, top_k, wh.root / "index",
                                     result_storage(wh))
         lap("rank")
-        dbt_steps.append(transform.test_task(db, run_id, wh))
+        dbt_steps.append(transform_stage.test_task(db, run_id, wh))
         lap("dbt_test")
         summary = export.finish_run_task(db, run_id, wh, ledger, flags, images, texts, model, guard, results,
                                          time.monotonic() - started, stages)
-        report.report_task(db, run_id, wh, data_dir, images, texts, model, summary)
-        transform.docs_task(db, run_id, wh, dbt_steps)
+        report_stage.report_task(db, run_id, wh, data_dir, images, texts, model, summary)
+        transform_stage.docs_task(db, run_id, wh, dbt_steps)
         publish(wh, run_id)
     print(export.format_summary(summary))
     return summary

@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from models.face_age import FaceAgeConfig, FaceAnalyser
 from models.image_encoder import ImageEncoder, ImageEncoderConfig, ImageLike, default_precision, encode_views
 from tasks.embedding_cache import (FACES, cached_keys, calibration_sample, embed_with_cache, encoder_dir,  # noqa: F401
-                                   face_cache_dir, text_sha, unique_contents, write_part)
+                                   face_cache_dir, load_cached, text_sha, unique_contents, write_part)
 from tasks.warehouse import connect
 
 
@@ -193,32 +193,32 @@ def build_encoders_task(db: Path, data_dir: Path, onnx_cache: Path) -> dict[str,
 
 
 @task(name="embed-images", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def embed_images_task(db: Path, data_dir: Path, emb_root: Path, onnx_cache: Path,
-                      embedded_in_shards: int = 0) -> EmbeddedImages:
-    """Every valid photo's relevance features and logits, rows in (split, image) order, read
-    from the content-hash cache (with the guard view computed in the same pass for any photo
-    still missing).  ``embedded_in_shards``: photos the mapped ``embed-image-shard`` tasks
-    embedded earlier in this run; counted as embedded this run, not as "from cache"."""
+def embed_images_task(db: Path, emb_root: Path, onnx_cache: Path, embedded_in_shards: int = 0) -> EmbeddedImages:
+    """Every valid photo's relevance features [n, 1280] and logits [n, 1000] (float32), rows in
+    (split, image) order, read from the content-hash cache the embedding shards filled
+    (``tasks/distributed.py`` ``fill_image_cache``); no photo file is opened here.
+
+    ``embedded_in_shards``: photos the shards embedded earlier in this run (counted as embedded
+    this run, not as "from cache").  Raises ``LookupError`` naming the first photo missing from
+    the cache: the shards embed every valid photo first, so a miss is a bug, never something
+    to recompute here."""
     with connect(db) as con:
         photos = con.execute(
-            "SELECT split, image, path, sha256 FROM stg_photos WHERE is_valid ORDER BY split, image").pl()
-    paths = [data_dir / p for p in photos["path"]]
+            "SELECT split, image, sha256 FROM stg_photos WHERE is_valid ORDER BY split, image").pl()
     shas = photos["sha256"].to_list()
-    encoders = photo_encoders(onnx_cache, calibration_sample(paths, shas))
-    n = embed_photos(paths, shas, emb_root, encoders, faces=FACES)  # nothing left after fill_image_cache's shards
-    enc = encoders["image"]
-
-    def compute(idx: list[int]):  # only if a photo vanished from the cache in between
-        for start, feats, logits in enc.iter_encode_paths([paths[i] for i in idx]):
-            yield idx[start : start + len(feats)], {"features": feats, "logits": logits}
-
-    arrays, _ = embed_with_cache(encoder_dir(emb_root, "image", enc.name), shas, ["features", "logits"], compute)
+    enc = image_encoder(onnx_cache)
+    found = load_cached(encoder_dir(emb_root, "image", enc.name), shas, ["features", "logits"])
+    missing = [s for s in shas if s not in found["features"]]
+    if missing:
+        raise LookupError(f"{len(missing)} photos have no cached relevance embedding (first: {missing[0]}): "
+                          "the embedding shards must run first")
+    arrays = {o: np.stack([found[o][s] for s in shas]).astype(np.float32) if shas else np.zeros((0, 0), np.float32)
+              for o in ("features", "logits")}
     distinct = len(set(shas))
-    this_run = min(embedded_in_shards + n, distinct)
+    this_run = min(embedded_in_shards, distinct)
     get_run_logger().info(
-        "images: %d photos (%d distinct contents); embedded this run: %d (%d by the shard tasks, %d here); "
-        "from earlier runs' cache: %d (%s)", len(shas), distinct, this_run, embedded_in_shards, n,
-        distinct - this_run, enc.name)
+        "images: %d photos (%d distinct contents); embedded this run: %d; from earlier runs' cache: %d (%s)",
+        len(shas), distinct, this_run, distinct - this_run, enc.name)
     return EmbeddedImages(list(zip(photos["split"], photos["image"])), arrays["features"], arrays["logits"],
                           enc.name, this_run)
 
