@@ -96,7 +96,8 @@ def reindex(
         # Seconds per stage, for the run summary (runs.summary_json) and the speed benchmark.
         stages: dict[str, float] = {}
         lap = Lap(stages)
-        ingested = ingest_stage.ingest_task(data_dir, db)
+        # Cached by Prefect on the files' content (tasks/ingest_stage.py ingest_key), kept in the warehouse.
+        ingested = ingest_stage.ingest_task.with_options(result_storage=result_storage(wh))(data_dir, db)
         ledger = ingest_stage.load_task(db, run_id, ingested, str(data_dir), top_k)
         lap("ingest")
         # dbt (sql/): models and their data tests in graph-selected steps; a failing test stops the run.

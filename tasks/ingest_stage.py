@@ -3,6 +3,7 @@ the typed rows into the run's warehouse copy."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import polars as pl
@@ -39,16 +40,75 @@ def known_photos(db: Path | None) -> KnownPhotos:
     return {(r["split"], r["image"]): PhotoCheck(**{k: r[k] for k in fields}) for r in rows.iter_rows(named=True)}
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+# Bump when what ingest returns changes for the same files and code (the key also hashes the code).
+INGEST_FORMAT = 1
+# The modules whose code decides what ingest returns: their bytes are part of the cache key.
+INGEST_CODE = ("ingest.py", "ingest_base.py", "ingest_photos.py", "ingest_rows.py", "ingest_sources.py")
+
+
+def ingest_key(_context, parameters: dict) -> str:
+    """Prefect cache key of ``ingest_task``: the ingest code, every source file's bytes (sha256)
+    and every entry of the photo folders with its stat key (size, mtime, ctime, inode; symlinks
+    with their target), so any edited, added, removed or touched file makes a new key.  Cheap:
+    the source files are hashed, the photos only listed."""
+    import hashlib
+
+    from tasks.ingest import SOURCES
+    from tasks.ingest_base import resolve_inside
+    from tasks.ingest_photos import PHOTO_DIRS, stat_key
+
+    data_dir = Path(parameters["data_dir"])
+    root = data_dir.resolve()
+
+    def inside(path: Path) -> Path | None:  # never read outside the data folder, as ingest itself
+        try:
+            return resolve_inside(root, path)
+        except Exception:  # noqa: BLE001  (outside, a loop, missing: ingest reports it; the key just differs)
+            return None
+
+    h = hashlib.sha256(f"ingest v{INGEST_FORMAT}".encode())
+    for name in INGEST_CODE:
+        h.update((Path(__file__).parent / name).read_bytes())
+    for spec in SOURCES:
+        real = inside(data_dir / spec.file)
+        try:
+            digest = hashlib.sha256(real.read_bytes()).hexdigest() if real is not None and real.is_file() else "-"
+        except OSError:
+            digest = "unreadable"
+        h.update(f"{spec.file}|{os.path.islink(data_dir / spec.file)}|{digest}".encode())
+    for folder in sorted(PHOTO_DIRS.values()):
+        d = inside(data_dir / folder)
+        entries = sorted(os.scandir(d), key=lambda e: e.name) if d is not None and d.is_dir() else []
+        h.update(folder.encode() + (str(d).encode() if d is not None else b"-"))
+        for e in entries:
+            try:
+                link = os.readlink(e.path) if e.is_symlink() else ""
+                h.update(f"{e.name}|{link}|{stat_key(e.stat())}".encode())
+            except OSError:
+                h.update(f"{e.name}|unreadable".encode())
+    return "ingest-" + h.hexdigest()[:32]
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, cache_key_fn=ingest_key,
+      persist_result=True)
 def ingest_task(data_dir: Path, db: Path | None = None) -> IngestResult:
-    """Read and validate the data folder; photos unchanged since the run in ``db`` are not re-read."""
+    """Read and validate the data folder; photos unchanged since the run in ``db`` are not re-read.
+
+    Cached by Prefect on ``ingest_key`` (the flow persists the result in the warehouse): when no
+    source file, photo file or ingest code changed, a run gets the previous result back without
+    parsing anything.  What ingest found is logged by ``load_task``, which always runs."""
     known = known_photos(db)
     result = ingest(data_dir, known)
-    log = get_run_logger()
     reused = sum(1 for (split, image, key) in result.photos.select("split", "image", "stat_key").iter_rows()
                  if key is not None and (p := known.get((split, image))) is not None and p.stat_key == key)
-    log.info("photos: %d checked, %d unchanged since the last run (not re-read)",
-             result.photos.height - reused, reused)
+    get_run_logger().info("photos: %d checked, %d unchanged since the last run (not re-read)",
+                          result.photos.height - reused, reused)
+    return result
+
+
+def log_ingest(result: IngestResult) -> None:
+    """What ingest read, loaded and quarantined, per source, into the run's log."""
+    log = get_run_logger()
     for note in result.notes:
         log.warning("%s", note)
     for row in result.ledger.iter_rows(named=True):
@@ -63,17 +123,17 @@ def ingest_task(data_dir: Path, db: Path | None = None) -> IngestResult:
     if result.quarantine.height > 20:
         log.warning("... and %d more quarantined rows (table quarantine, exports/quarantine.parquet)",
                     result.quarantine.height - 20)
-    return result
 
 
 @task(name="load-raw", cache_policy=NO_CACHE)
 def load_task(db: Path, run_id: str, result: IngestResult, data_dir: str, top_k: int) -> pl.DataFrame:
-    """Raw tables replaced, this run's ledger, quarantine and ingest notes appended."""
+    """Raw tables replaced, this run's ledger, quarantine and ingest notes appended (and logged)."""
     from datetime import datetime, timezone
 
     from tasks.load import append_run_rows, ensure_history_tables, replace_table
     from tasks.warehouse import connect
 
+    log_ingest(result)
     with connect(db) as con:
         ensure_history_tables(con)
         for name, frame in result.tables.items():

@@ -234,6 +234,32 @@ def test_report_thumbnails_come_from_the_store_and_never_show_a_restricted_photo
     assert not restricted & {p.stem for p in store.iterdir()}
 
 
+def test_prefect_keeps_one_ingest_result_per_state_of_the_data_folder(grown):
+    # Runs 1 (A) and 2 (A+B) parsed the data; run 3 (nothing new) got run 2's result back
+    # from Prefect's cache, so no third key was written.
+    results = grown["wh1"] / "results"
+    assert len(list(results.glob("ingest-*"))) == 2
+    assert len(list(results.glob("evaluate-*"))) == 2
+
+
+def test_ingest_key_follows_every_file_and_nothing_else(tmp_path):
+    import os
+    import time
+
+    from tasks.ingest_stage import ingest_key
+
+    data = build_dataset(tmp_path / "d")
+    key = ingest_key(None, {"data_dir": data})
+    assert ingest_key(None, {"data_dir": data}) == key                       # stable
+    photo = next((data / "test_images").iterdir())
+    os.utime(photo, ns=(time.time_ns(), time.time_ns() + 10**9))             # a photo touched
+    touched = ingest_key(None, {"data_dir": data})
+    assert touched != key
+    with open(data / "test_queries.csv", "a") as f:                           # a source file edited
+        f.write("\n")
+    assert ingest_key(None, {"data_dir": data}) != touched
+
+
 def test_unchanged_photos_are_not_read_again(tmp_path, monkeypatch):
     from tasks import ingest
 
