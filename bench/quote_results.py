@@ -58,7 +58,9 @@ def quoted(src: str, section: str | None) -> str:
         body.pop()
     where = f"[`{src}`]({src})"
     prov = f"*Quoted from {where}" + (f", section \"{section.strip()}\"" if section else "")
-    prov += (f" (measured {meta['Date']}, `{meta['Command'].strip('`')}`)" if meta else "") + ".*"
+    said = [f"measured {meta['Date']}" if "Date" in meta else "",
+            f"`{meta['Command'].strip('`')}`" if "Command" in meta else ""]
+    prov += (f" ({', '.join(x for x in said if x)})" if any(said) else "") + ".*"
     return "\n".join([prov, "", *body, ""])
 
 
