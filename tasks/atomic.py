@@ -15,7 +15,8 @@ from pathlib import Path
 
 
 def fsync_file(path: Path) -> None:
-    """Flush ``path``'s data to disk (POSIX ``fsync``); raises ``OSError`` if it cannot be opened."""
+    """Flush ``path``'s data to disk (POSIX ``fsync``); for a folder, its entries, so a rename in it
+    survives a crash.  Raises ``OSError`` if it cannot be opened."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -272,7 +272,7 @@ def _move_exports(wh: Warehouse, staged: Path) -> None:
     wh.exports_dir.mkdir(parents=True, exist_ok=True)
     for f in sorted(staged.glob("*.parquet")):
         os.replace(f, wh.exports_dir / f.name)  # same file system: each file swaps atomically
-    fsync_dir(wh.exports_dir)
+    fsync_file(wh.exports_dir)
     shutil.rmtree(staged, ignore_errors=True)
 
 
@@ -283,20 +283,11 @@ def publish(wh: Warehouse, run_id: str) -> Path:
         con.execute("CHECKPOINT")
     fsync_file(work)
     os.replace(work, wh.db_path)
-    fsync_dir(wh.root)
+    fsync_file(wh.root)
     staged = staged_exports_dir(wh, run_id)
     if staged.is_dir():
         _move_exports(wh, staged)
     return wh.db_path
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory's entries to disk, so a rename in it survives a crash."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def result_storage(wh: Warehouse) -> Path:

@@ -7,6 +7,7 @@ import pytest
 
 import tasks  # noqa: F401
 from models.bridge import Bridge, BridgeConfig, l2n
+from models.relevance_model import load_model, save_model
 from tasks import train as T
 from tasks.evaluate import judgment_agreement
 
@@ -112,8 +113,8 @@ def test_scores_are_in_unit_interval(ts):
 
 def test_save_load_roundtrip_gives_identical_scores(ts, tmp_path):
     model = T.fit_final(ts, CONFIG, "mlp")
-    T.save_model(model, tmp_path / "m", {"metrics": []})
-    back = T.load_model(tmp_path / "m")
+    save_model(model, tmp_path / "m", {"metrics": []})
+    back = load_model(tmp_path / "m")
     assert back.head == "mlp"
     for h in T.HEADS:
         np.testing.assert_array_equal(model.score_matrix(ts.img, ts.txt, h), back.score_matrix(ts.img, ts.txt, h))
