@@ -55,6 +55,21 @@ def resolve_inside(root: Path, path: Path) -> Path:
     return real
 
 
+def inside_or_refuse(data_dir: Path, path: Path, what: str, missing: str) -> Path:
+    """``resolve_inside`` for a whole input (a source file or a photo folder): any problem is a
+    ``SourceFileError`` naming ``what`` ("source file", "photo folder") and, when it is missing,
+    what was expected there (``missing``)."""
+    try:
+        return resolve_inside(data_dir.resolve(), path)
+    except FileNotFoundError:
+        raise SourceFileError(f"{what} {path} is missing ({missing})") from None
+    except OutsideDataFolder:
+        raise SourceFileError(f"{what} {path} is a link to {path.resolve()}, outside the data folder "
+                              f"{data_dir.resolve()}; the pipeline reads only inside the data folder") from None
+    except OSError as exc:
+        raise SourceFileError(f"{what} {path} cannot be opened: {exc}") from None
+
+
 def format_characters(text: str) -> Counter[str]:
     """Invisible format characters (Unicode category Cf: zero-width space, soft hyphen,
     byte-order mark, joiners, direction marks) in ``text``, by character."""

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from models.photo_file import JPEG_EOI, decodable_bytes
-from tasks.ingest_base import OutsideDataFolder, SourceFileError, printable_name, resolve_inside
+from tasks.ingest_base import OutsideDataFolder, SourceFileError, inside_or_refuse, printable_name, resolve_inside
 
 # Larger photos are refused before decoding (decompression bombs); PIL's own guard is
 # disabled so that our explicit check decides, with a readable reason.
@@ -233,15 +233,7 @@ def inspect_photo(data_dir: Path, split: str, name: str, known: KnownPhotos | No
 def photo_folder(data_dir: Path, folder: str) -> Path:
     """``data_dir/folder`` after checking it is a folder inside the data folder."""
     d = data_dir / folder
-    try:
-        real = resolve_inside(data_dir.resolve(), d)
-    except FileNotFoundError:
-        raise SourceFileError(f"photo folder {d} is missing (expected a folder of .jpg photos)") from None
-    except OutsideDataFolder:
-        raise SourceFileError(f"photo folder {d} is a link to {d.resolve()}, outside the data folder "
-                              f"{data_dir.resolve()}; the pipeline reads only inside the data folder") from None
-    except OSError as exc:
-        raise SourceFileError(f"photo folder {d} cannot be opened: {exc}") from None
+    real = inside_or_refuse(data_dir, d, "photo folder", "expected a folder of .jpg photos")
     if not real.is_dir():
         raise SourceFileError(f"photo folder {d} is not a folder (expected a folder of .jpg photos)")
     return d

@@ -28,8 +28,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.ingest_base import (OutsideDataFolder, RowError, SourceFileError, clip, describe_characters,
-                               format_characters, resolve_inside)
+from tasks.ingest_base import (RowError, SourceFileError, clip, describe_characters,
+                               format_characters, inside_or_refuse)
 from tasks.ingest_rows import SourceSpec
 
 # The longest real row is under 400 bytes; a megabyte "line" is a broken file, not a caption.
@@ -59,15 +59,7 @@ def read_lines(data_dir: Path, spec: SourceSpec) -> list[bytes]:
     freely) and without the file's leading byte-order mark; raises SourceFileError when
     the file as a whole cannot be used."""
     path = data_dir / spec.file
-    try:
-        real = resolve_inside(data_dir.resolve(), path)
-    except FileNotFoundError:
-        raise SourceFileError(f"source file {path} is missing (expected {spec.expected()})") from None
-    except OutsideDataFolder:
-        raise SourceFileError(f"source file {path} is a link to {path.resolve()}, outside the data folder; "
-                              "the pipeline reads only inside the data folder") from None
-    except OSError as exc:
-        raise SourceFileError(f"source file {path} cannot be opened: {exc}") from None
+    real = inside_or_refuse(data_dir, path, "source file", f"expected {spec.expected()}")
     st = real.stat()
     if not stat.S_ISREG(st.st_mode):
         raise SourceFileError(f"source file {path} is not a regular file (expected {spec.expected()})")
